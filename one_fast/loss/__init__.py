@@ -1,0 +1,145 @@
+"""The ONE loss: validation, backend dispatch, and the drop-in ``ONELoss`` module.
+
+Backends, each returning the same per-row terms (:class:`~one_fast.loss.terms.RowTerms`):
+
+* ``"reference"`` — plain PyTorch, the specification (any device).
+
+``backend="auto"`` picks the fastest backend available for the tensors' device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import reference
+from .terms import ONELossTerms, RowTerms, reduce_terms
+from .validation import validate_one_loss_args
+
+RowTermsFn = Callable[..., RowTerms]
+
+# name -> (row-terms function, predicate "can run on this device").
+_BACKENDS: dict[str, tuple[RowTermsFn, Callable[[torch.device], bool]]] = {
+    "reference": (reference.row_terms, lambda device: True),
+}
+# "auto" tries these in order (fastest measured first).
+_AUTO_ORDER: tuple[str, ...] = ("reference",)
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Names of the loss backends that can run on ``device``, fastest first."""
+    device = torch.device(device)
+    order = [name for name in _AUTO_ORDER if name in _BACKENDS]
+    order += [name for name in _BACKENDS if name not in order]
+    return [name for name in order if _BACKENDS[name][1](device)]
+
+
+def resolve_backend(backend: str, device: torch.device) -> RowTermsFn:
+    """Map a backend name (or "auto") to its row-terms function, with a clear error."""
+    if backend == "auto":
+        return _BACKENDS[available_backends(device)[0]][0]
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(_BACKENDS)}, got {backend!r}")
+    fn, runs_on = _BACKENDS[backend]
+    if not runs_on(device):
+        raise ValueError(f"backend {backend!r} cannot run on device {device}")
+    return fn
+
+
+def one_loss(
+    logits: torch.Tensor,
+    gate: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    temperature: float = 3.0,
+    kl_weight: float | torch.Tensor = 1.0,
+    detach_teacher: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_terms: bool = False,
+) -> torch.Tensor | ONELossTerms:
+    """The ONE (On-the-fly Native Ensemble) distillation loss.
+
+    For each row n whose target is not ``ignore_index``::
+
+        z_e = sum_i g_i z_i
+        L_n = sum_i CE(z_i, y) + CE(z_e, y) + kl_weight * T^2 * sum_i KL(softmax(z_e/T) || softmax(z_i/T))
+
+    Args:
+        logits: (N, m, C) branch logits, float32/bfloat16/float16 (float64 for gradchecks).
+        gate: (N, m) gate weights, rows summing to 1 (e.g. ``ONEResNet``'s second output).
+        target: (N,) integer labels in [0, C), or ``ignore_index``.
+        temperature: T > 0 of the softened distributions in the KL terms.
+        kl_weight: weight of the KL terms; a Python number or a 1-element tensor (a tensor lets a
+            ramp-up change it without recompiling a compiled step).
+        detach_teacher: if True (the ONE authors' code), the KL terms do not backpropagate into
+            the teacher z_e (nor the gate); if False they do.
+        ignore_index: rows with this target contribute 0 and are not counted by "mean".
+        reduction: "mean" (over non-ignored rows; 0 rows give 0), "sum", or "none" (per row).
+        backend: "auto" or a name from :func:`available_backends`.
+        return_terms: also return the loss parts for logging, computed in the same pass.
+
+    Returns:
+        The float32 loss (float64 for float64 input), or an :class:`ONELossTerms` if
+        ``return_terms``.
+    """
+    validate_one_loss_args(logits, gate, target, temperature, kl_weight, ignore_index, reduction)
+    row_terms = resolve_backend(backend, logits.device)
+    rows = row_terms(logits, gate, target, float(temperature), kl_weight, bool(detach_teacher),
+                     ignore_index)
+    terms = reduce_terms(rows, reduction)
+    return terms if return_terms else terms.loss
+
+
+class ONELoss(nn.Module):
+    """Module form of :func:`one_loss`, to drop into any PyTorch training loop.
+
+    Example::
+
+        criterion = ONELoss(temperature=3.0)
+        logits, gate = model(images)          # (N, m, C), (N, m)
+        loss = criterion(logits, gate, labels, kl_weight=1.0)
+        loss.backward()
+    """
+
+    def __init__(
+        self,
+        temperature: float = 3.0,
+        detach_teacher: bool = True,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.detach_teacher = detach_teacher
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.backend = backend
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        gate: torch.Tensor,
+        target: torch.Tensor,
+        kl_weight: float | torch.Tensor = 1.0,
+        return_terms: bool = False,
+    ) -> torch.Tensor | ONELossTerms:
+        """Return ``one_loss`` of the inputs with this module's settings."""
+        return one_loss(
+            logits, gate, target,
+            temperature=self.temperature, kl_weight=kl_weight,
+            detach_teacher=self.detach_teacher, ignore_index=self.ignore_index,
+            reduction=self.reduction, backend=self.backend, return_terms=return_terms,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, detach_teacher={self.detach_teacher}, "
+                f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
+
+
+__all__ = ["ONELoss", "ONELossTerms", "RowTerms", "available_backends", "one_loss"]

@@ -1,0 +1,89 @@
+"""Argument checks shared by every ONE-loss backend, so all of them fail the same way."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _is_tracing() -> bool:
+    """True while torch.compile traces or a CUDA graph captures: value checks would sync."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def validate_one_loss_args(
+    logits: torch.Tensor,
+    gate: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
+    kl_weight: float | torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the offending argument.
+
+    Shapes: ``logits`` (N, m, C) floating, ``gate`` (N, m) floating, ``target`` (N,) integer.
+    Target values are checked against [0, C) (or ``ignore_index``) in eager mode only: the check
+    reads the tensor on the host, which a compiled or CUDA-graph-captured step must not do.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must be a 3-D tensor (N, m, C), got {_describe(logits)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    n, m, c = logits.shape
+    if m < 1:
+        raise ValueError(f"logits must have at least one branch (dim 1), got shape {tuple(logits.shape)}")
+    if c < 1:
+        raise ValueError(f"logits must have at least one class (dim 2), got shape {tuple(logits.shape)}")
+    if not isinstance(gate, torch.Tensor) or gate.dim() != 2:
+        raise ValueError(f"gate must be a 2-D tensor (N, m), got {_describe(gate)}")
+    if not gate.is_floating_point():
+        raise TypeError(f"gate must be floating point, got dtype {gate.dtype}")
+    if tuple(gate.shape) != (n, m):
+        raise ValueError(
+            f"gate must have shape (N, m) = {(n, m)} to match logits, got {tuple(gate.shape)}"
+        )
+    if not isinstance(target, torch.Tensor) or target.dim() != 1:
+        raise ValueError(f"target must be a 1-D tensor (N,), got {_describe(target)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.shape[0] != n:
+        raise ValueError(f"target must have N = {n} entries to match logits, got {target.shape[0]}")
+    if gate.device != logits.device or target.device != logits.device:
+        raise ValueError(
+            f"logits, gate and target must be on one device, got {logits.device}, "
+            f"{gate.device} and {target.device}"
+        )
+    if isinstance(temperature, torch.Tensor) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a Python number, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if isinstance(kl_weight, torch.Tensor):
+        if kl_weight.numel() != 1:
+            raise ValueError(f"kl_weight must be a number or a 1-element tensor, got shape "
+                             f"{tuple(kl_weight.shape)}")
+    elif not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight):
+        raise ValueError(f"kl_weight must be a finite number, got {kl_weight!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if n and not _is_tracing():
+        bad = (target != ignore_index) & ((target < 0) | (target >= c))
+        if bool(bad.any()):
+            first = int(target[bad][0])
+            raise ValueError(
+                f"target values must be in [0, {c}) or equal ignore_index={ignore_index}; "
+                f"found {first}"
+            )
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)}"
+    return f"{type(x).__name__}"

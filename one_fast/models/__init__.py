@@ -1,0 +1,5 @@
+"""ONE network definitions."""
+
+from .resnet import ONEResNet
+
+__all__ = ["ONEResNet"]
