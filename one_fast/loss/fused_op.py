@@ -1,0 +1,92 @@
+"""The operator contract shared by the fused backends (Triton, native CUDA C++/CPU).
+
+A fused backend computes, in one pass over the logits, the per-row loss terms *and* the per-row
+gradients d loss_n / d logits[n] and d loss_n / d gate[n]. Backward then only scales those by the
+incoming per-row gradient, so any reduction ("mean", "sum", "none") built on the per-row loss in
+PyTorch backpropagates exactly.
+
+Every fused operator has the schema :data:`FUSED_SCHEMA`::
+
+    (logits (N,m,C), gate (N,m), target (N,) int64, kl_weight (1,) float64,
+     temperature, detach_teacher, ignore_index, compute_grad)
+    -> loss (N,), ce_branch (N,m), ce_ensemble (N,), kl (N,m),
+       grad_logits (N,m,C) in logits' dtype, grad_gate (N,m) in gate's dtype
+
+The four term tensors are float32 (float64 for float64 logits); ignored rows hold 0. When
+``compute_grad`` is false the two gradient outputs are empty (shape (0,)).
+This module registers the fake (shape) implementation and the autograd formula for such an
+operator and turns it into the ``row_terms`` function the loss dispatcher calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .reference import compute_dtype
+from .terms import RowTerms
+
+FUSED_SCHEMA = (
+    "(Tensor logits, Tensor gate, Tensor target, Tensor kl_weight, float temperature, "
+    "bool detach_teacher, int ignore_index, bool compute_grad) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def _fake(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_index,
+          compute_grad):
+    n, m, _ = logits.shape
+    acc = compute_dtype(logits.dtype)
+    grad_logits = logits.new_empty(logits.shape if compute_grad else (0,))
+    grad_gate = gate.new_empty(gate.shape if compute_grad else (0,))
+    return (logits.new_empty((n,), dtype=acc), logits.new_empty((n, m), dtype=acc),
+            logits.new_empty((n,), dtype=acc), logits.new_empty((n, m), dtype=acc),
+            grad_logits, grad_gate)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[4], output[5])
+
+
+def _backward(ctx, grad_loss, *unused_term_grads):
+    # d total / d logits[n] = (d total / d loss_n) * (d loss_n / d logits[n]), computed in fp32.
+    grad_logits, grad_gate = ctx.saved_tensors
+    if grad_logits.numel() == 0 and grad_gate.numel() == 0:
+        raise RuntimeError("fused ONE loss: backward called but the forward computed no "
+                           "gradients (were logits/gate requiring grad when it ran?)")
+    scale = grad_loss.to(torch.float32)
+    d_logits = (grad_logits.to(torch.float32) * scale[:, None, None]).to(grad_logits.dtype)
+    d_gate = (grad_gate.to(torch.float32) * scale[:, None]).to(grad_gate.dtype)
+    return d_logits, d_gate, None, None, None, None, None, None
+
+
+def attach_fake_and_autograd(qualname: str) -> None:
+    """Register shape inference and the backward for an operator with :data:`FUSED_SCHEMA`."""
+    torch.library.register_fake(qualname)(_fake)
+    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+
+
+def define_python_op(qualname: str, impl: Callable, device_types=None):
+    """Define ``qualname`` (e.g. "one_fast::triton_one_loss") from a Python implementation."""
+    op = torch.library.custom_op(qualname, impl, mutates_args=(), device_types=device_types,
+                                 schema=FUSED_SCHEMA)
+    attach_fake_and_autograd(qualname)
+    return op
+
+
+def row_terms_from_op(op: Callable) -> Callable[..., RowTerms]:
+    """Build a backend's ``row_terms`` function around a fused operator."""
+
+    def row_terms(logits, gate, target, temperature, kl_weight, detach_teacher, ignore_index):
+        compute_grad = torch.is_grad_enabled() and (logits.requires_grad or gate.requires_grad)
+        if isinstance(kl_weight, torch.Tensor):
+            kl_w = kl_weight.detach().reshape(1).to(device=logits.device, dtype=torch.float64)
+        else:
+            kl_w = torch.full((1,), float(kl_weight), dtype=torch.float64, device=logits.device)
+        loss, ce_branch, ce_ensemble, kl, _, _ = op(
+            logits, gate, target.long(), kl_w, float(temperature), bool(detach_teacher),
+            int(ignore_index), compute_grad)
+        return RowTerms(loss, ce_branch, ce_ensemble, kl, target != ignore_index)
+
+    return row_terms
