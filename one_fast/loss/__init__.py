@@ -66,7 +66,8 @@ def one_loss(
     For each row n whose target is not ``ignore_index``::
 
         z_e = sum_i g_i z_i
-        L_n = sum_i CE(z_i, y) + CE(z_e, y) + kl_weight * T^2 * sum_i KL(softmax(z_e/T) || softmax(z_i/T))
+        L_n = sum_i CE(z_i, y) + CE(z_e, y)
+              + kl_weight * T^2 * sum_i KL(softmax(z_e/T) || softmax(z_i/T))
 
     Args:
         logits: (N, m, C) branch logits, float32/bfloat16/float16 (float64 for gradchecks).

@@ -37,9 +37,9 @@ def validate_one_loss_args(
         raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
     n, m, c = logits.shape
     if m < 1:
-        raise ValueError(f"logits must have at least one branch (dim 1), got shape {tuple(logits.shape)}")
+        raise ValueError(f"logits must have at least one branch (dim 1), got {_describe(logits)}")
     if c < 1:
-        raise ValueError(f"logits must have at least one class (dim 2), got shape {tuple(logits.shape)}")
+        raise ValueError(f"logits must have at least one class (dim 2), got {_describe(logits)}")
     if not isinstance(gate, torch.Tensor) or gate.dim() != 2:
         raise ValueError(f"gate must be a 2-D tensor (N, m), got {_describe(gate)}")
     if not gate.is_floating_point():

@@ -1,4 +1,4 @@
-"""The ONE network: a CIFAR ResNet trunk, m branch stacks batched as grouped convolutions, a gate."""
+"""The ONE network: CIFAR ResNet trunk, m branch stacks batched as grouped convolutions, a gate."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class ONEResNet(nn.Module):
         channels = STAGE_WIDTHS[0]
         trunk: list[nn.Module] = []
         branch: list[nn.Module] = []
-        for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES)):
+        for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, strict=True)):
             shared = stage < shared_stages
             m = 1 if shared else num_branches
             for b in range(n):
