@@ -1,0 +1,153 @@
+"""The training step: forward + ONE loss, backward, SGD update; compiled, replayed as a CUDA graph.
+
+One call of :class:`TrainStep` is exactly one optimisation step on one batch, whatever the mode:
+
+* eager: the three pieces run as written;
+* ``compile``: model + loss are one ``torch.compile(fullgraph=True)`` function (AOTAutograd
+  derives the matching compiled backward) and the optimizer update is a second one (a
+  ``loss.backward()`` cannot live inside a fullgraph-compiled function);
+* ``cuda_graphs``: the first ``WARMUP_STEPS`` calls run on a side stream (they compile and
+  allocate everything, gradients included), the next call captures the whole step — zeroing
+  gradients, forward, backward, update and the on-device bookkeeping — into one CUDA graph, and
+  every later call copies the batch into the static input buffers and replays it.
+
+Nothing inside the step reads a value back to the host: the learning rate and the KL weight are
+device tensors the caller refills between steps, and the loss terms are summed on the device
+(with the index of the first non-finite step) until :meth:`TrainStep.read_totals`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..loss import ONELossTerms
+
+WARMUP_STEPS = 3
+TERM_NAMES = ("loss", "ce_branches", "ce_ensemble", "kl")
+
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], ONELossTerms]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class TrainStep:
+    """One SGD step of a ONE network, with optional compilation and CUDA-graph replay.
+
+    Args:
+        model: the network (possibly DDP-wrapped); ``model(x)`` returns ``(logits, gate)``.
+        optimizer: an optimizer whose param groups' ``lr`` is the device tensor ``lr``.
+        criterion: ``criterion(logits, gate, target, kl_weight)`` -> :class:`ONELossTerms`.
+        lr: 0-d float32 device tensor holding the learning rate (refilled by the caller).
+        amp_dtype: autocast dtype for the network (``torch.bfloat16``) or None.
+        compile: compile model + loss and the optimizer update.
+        cuda_graphs: capture and replay the whole step as one CUDA graph (CUDA only).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Criterion,
+                 lr: torch.Tensor, *, amp_dtype: torch.dtype | None = None,
+                 compile: bool = False, cuda_graphs: bool = False) -> None:
+        device = lr.device
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, got {device}")
+        self.model = model
+        self.optimizer = optimizer
+        self.criterion = criterion
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.lr = lr
+        self.kl_weight = torch.zeros((), device=device)
+        self.totals = torch.zeros(len(TERM_NAMES), device=device)  # summed over steps
+        self.steps = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.use_graphs = cuda_graphs
+        self.forward_loss = (torch.compile(self._forward_loss, fullgraph=True) if compile
+                             else self._forward_loss)
+        self.update = (torch.compile(self._update, fullgraph=True) if compile else self._update)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_replays = 0
+        self._warmup_done = 0
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- the pieces ------------------------------------------------------------------------
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, kl_weight: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits, gate = self.model(x)
+        # The loss runs outside autocast: it reads bf16 logits and computes in float32.
+        terms = self.criterion(logits, gate, y, kl_weight)
+        parts = torch.stack([terms.loss.detach(), terms.ce_branches, terms.ce_ensemble, terms.kl])
+        return terms.loss, parts
+
+    def _update(self, parts: torch.Tensor) -> None:
+        self.optimizer.step()
+        # Bookkeeping stays on the device: sums for logging and the first non-finite step.
+        bad = ~torch.isfinite(parts[0]) & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(bad, self.steps, self.first_bad_step))
+        self.totals.add_(parts)
+        self.steps.add_(1)
+
+    def _zero_grads(self) -> None:
+        if self.use_graphs:
+            # Gradients stay allocated so the captured graph keeps writing the same memory.
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                torch._foreach_zero_(grads)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._zero_grads()
+        loss, parts = self.forward_loss(x, y, self.kl_weight)
+        loss.backward()
+        self.update(parts)
+
+    # -- the public step ------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Train on one batch (x (N, 3, H, W), y (N,)); nothing is read back to the host."""
+        if not self.use_graphs:
+            self._body(x, y)
+            return
+        if self._static is None:
+            self._static = (torch.empty_like(x), torch.empty_like(y))
+        static_x, static_y = self._static
+        if x.shape != static_x.shape or y.shape != static_y.shape:
+            raise ValueError(f"CUDA-graph step needs fixed batch shapes: captured "
+                             f"{tuple(static_x.shape)}, got {tuple(x.shape)}")
+        static_x.copy_(x)
+        static_y.copy_(y)
+        if self.graph is None and self._warmup_done < WARMUP_STEPS:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._body(static_x, static_y)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._warmup_done += 1
+            return
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._body(static_x, static_y)
+        self.graph.replay()  # capture does not execute: this replay is this call's step
+        self.graph_replays += 1
+
+    def read_totals(self) -> tuple[dict[str, float], int, int]:
+        """Mean loss terms since the last reset, the step count, and the first bad step (-1).
+
+        This is the one place that synchronises with the device.
+        """
+        values = torch.cat([self.totals, self.steps.view(1).to(self.totals.dtype)]).tolist()
+        steps = int(values[-1])
+        means = {name: v / max(steps, 1) for name, v in zip(TERM_NAMES, values, strict=False)}
+        return means, steps, int(self.first_bad_step.item())
+
+    def reset_totals(self) -> None:
+        """Start a new logging window (outside any graph: same memory, new values)."""
+        self.totals.zero_()
+        self.steps.zero_()
+        self.first_bad_step.fill_(-1)
