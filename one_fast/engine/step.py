@@ -18,6 +18,7 @@ device tensors the caller refills between steps, and the loss terms are summed o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -33,6 +34,22 @@ Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], O
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def prime_sgd_momentum(optimizer: torch.optim.SGD) -> None:
+    """Create SGD's momentum buffers as zeros before the first step.
+
+    Without dampening, ``0 * momentum + grad`` equals the ``clone(grad)`` SGD does on its first
+    step, so the numbers are unchanged; but every step now takes the same code path, so the
+    compiled update is traced once (not once for step 1 and again for step 2).
+    """
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0 or group["dampening"] != 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 class TrainStep:
@@ -65,6 +82,9 @@ class TrainStep:
         self.steps = torch.zeros((), dtype=torch.int64, device=device)
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.use_graphs = cuda_graphs
+        self._raw_optimizer_step = inspect.unwrap(type(optimizer).step) if optimizer else None
+        if isinstance(optimizer, torch.optim.SGD):
+            prime_sgd_momentum(optimizer)
         self.forward_loss = (torch.compile(self._forward_loss, fullgraph=True) if compile
                              else self._forward_loss)
         self.update = (torch.compile(self._update, fullgraph=True) if compile else self._update)
@@ -84,8 +104,12 @@ class TrainStep:
         parts = torch.stack([terms.loss.detach(), terms.ce_branches, terms.ce_ensemble, terms.kl])
         return terms.loss, parts
 
+    @torch.no_grad()
     def _update(self, parts: torch.Tensor) -> None:
-        self.optimizer.step()
+        # The optimizer's own ``step`` wrapper inserts deliberate graph breaks (to make AOT see
+        # an inference graph); running its undecorated body under no_grad gives the same update
+        # as one graph. Step hooks are not used by the engine.
+        self._raw_optimizer_step(self.optimizer)
         # Bookkeeping stays on the device: sums for logging and the first non-finite step.
         bad = ~torch.isfinite(parts[0]) & (self.first_bad_step < 0)
         self.first_bad_step.copy_(torch.where(bad, self.steps, self.first_bad_step))

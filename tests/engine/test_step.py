@@ -1,0 +1,66 @@
+"""TrainStep: the compiled step equals the eager one, with no graph breaks."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from one_fast import ONEResNet, one_loss
+from one_fast.engine.step import TrainStep
+
+
+def make_step(model, compile):
+    lr = torch.tensor(0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
+                          foreach=True)
+    loss = functools.partial(one_loss, temperature=3.0, return_terms=True)
+    step = TrainStep(model, opt, lambda z, g, y, w: loss(z, g, y, kl_weight=w), lr,
+                     compile=compile)
+    step.kl_weight.fill_(0.5)
+    return step
+
+
+def test_compiled_step_matches_eager_without_graph_breaks():
+    torch.manual_seed(0)
+    eager_model = ONEResNet(8, 5, 2)
+    compiled_model = copy.deepcopy(eager_model)
+    eager, compiled = make_step(eager_model, False), make_step(compiled_model, True)
+    batches = [(torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))) for _ in range(3)]
+    torch._dynamo.reset()
+    counters.clear()
+    for x, y in batches:
+        eager(x, y)
+        compiled(x, y)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    # Two compiled functions (model + loss, optimizer update), each compiled once.
+    assert counters["stats"]["unique_graphs"] == 2
+    e_terms, e_steps, _ = eager.read_totals()
+    c_terms, c_steps, _ = compiled.read_totals()
+    assert e_steps == c_steps == 3
+    for name in e_terms:
+        assert c_terms[name] == pytest.approx(e_terms[name], rel=1e-4), name
+    for (name, a), b in zip(eager_model.state_dict().items(),
+                            compiled_model.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda s, n=name: f"{n}: {s}")
+
+
+def test_totals_and_first_bad_step_stay_on_device():
+    torch.manual_seed(1)
+    step = make_step(ONEResNet(8, 5, 2), False)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    step(x, y)
+    step(x * float("nan"), y)
+    step(x, y)
+    _, steps, bad = step.read_totals()
+    assert steps == 3 and bad == 1
+    step.reset_totals()
+    assert step.read_totals()[1:] == (0, -1)
+
+
+def test_cuda_graphs_need_cuda():
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        TrainStep(torch.nn.Linear(2, 2), None, None, torch.tensor(0.1), cuda_graphs=True)
