@@ -1,6 +1,143 @@
-"""Package build for one_fast (metadata lives here; tool settings in pyproject.toml)."""
+"""Package build for one_fast (metadata lives here; tool settings in pyproject.toml).
+
+The optional native extension ``one_fast._native`` (the fused ONE loss in C++/CUDA, sources in
+``kernels/``) is built with torch's C++ extension tooling, which needs torch importable at build
+time -- install with ``pip install --no-build-isolation -e .`` after installing torch. Then:
+
+* torch with CUDA and ``nvcc`` found: the CPU and CUDA variant (sm_80, sm_90a or sm_90, and
+  compute_90 PTX; ``TORCH_CUDA_ARCH_LIST`` overrides the list);
+* only a C++ compiler: the CPU variant;
+* neither, no torch, or a failed build: the package installs without it, with a one-line notice
+  (``backend="native"`` is then unavailable; every other backend works).
+
+Environment: ``ONE_FAST_NATIVE=0`` skips the extension, ``ONE_FAST_NATIVE_CUDA=0`` builds the CPU
+variant only, ``ONE_FAST_NATIVE_REQUIRED=1`` turns a skipped or failed build into an error (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 from setuptools import find_packages, setup
+
+KERNELS = "kernels"
+CPU_SOURCES = [f"{KERNELS}/binding/one_loss_op.cpp", f"{KERNELS}/one_loss_cpu.cpp"]
+CUDA_SOURCES = [f"{KERNELS}/one_loss_cuda.cu"]
+HEADERS = [f"{KERNELS}/one_loss_api.h", f"{KERNELS}/one_loss_row.h"]  # rebuild when they change
+REQUIRED = os.environ.get("ONE_FAST_NATIVE_REQUIRED", "0") == "1"
+
+
+def _notice(message: str) -> None:
+    if REQUIRED:
+        raise RuntimeError(f"one_fast native extension: {message} (ONE_FAST_NATIVE_REQUIRED=1)")
+    print(f"one_fast: native extension skipped: {message}", file=sys.stderr)
+
+
+def _nvcc_release(cuda_home: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _nvcc_arch_flags(release: tuple[int, int]) -> list[str]:
+    """sm_80 and sm_90a (sm_90 before CUDA 12), plus compute_90 PTX for newer GPUs."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return []  # torch turns the user's list into -gencode flags
+    sm90 = "90a" if release >= (12, 0) else "90"
+    return ["-gencode=arch=compute_80,code=sm_80",
+            f"-gencode=arch=compute_{sm90},code=sm_{sm90}",
+            "-gencode=arch=compute_90,code=compute_90"]
+
+
+def _cuda_release(torch, cpp_extension) -> tuple[int, int] | None:
+    """nvcc's release when the CUDA variant can be built here (else None, with a reason)."""
+    if os.environ.get("ONE_FAST_NATIVE_CUDA", "1") == "0" or torch.version.cuda is None:
+        return None
+    cuda_home = cpp_extension.CUDA_HOME
+    release = _nvcc_release(cuda_home) if cuda_home else None
+    if release is None:
+        print("one_fast: native extension for the CPU only: nvcc not found", file=sys.stderr)
+        return None
+    if release[0] != int(torch.version.cuda.split(".")[0]):  # torch refuses a major mismatch
+        print(f"one_fast: native extension for the CPU only: nvcc {release[0]}.{release[1]} "
+              f"does not match torch's CUDA {torch.version.cuda}", file=sys.stderr)
+        return None
+    return release
+
+
+def _native_extension() -> tuple[list, dict]:
+    """The extension module and build command for this machine, or nothing (with a notice)."""
+    if os.environ.get("ONE_FAST_NATIVE", "1") == "0":
+        print("one_fast: native extension skipped (ONE_FAST_NATIVE=0)", file=sys.stderr)
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        _notice("torch is not importable at build time "
+                "(install torch first, then `pip install --no-build-isolation -e .`)")
+        return [], {}
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        _notice(f"no C++ compiler ({compiler!r} not found)")
+        return [], {}
+
+    # -fno-trapping-math lets the compiler if-convert and vectorise the CPU loops (selects in
+    # exp and the sums); nothing here reads floating-point exception flags.
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")  # at::parallel_for over rows uses torch's OpenMP runtime
+        link_flags.append("-fopenmp")
+    cpu_ext = cpp_extension.CppExtension("one_fast._native", CPU_SOURCES, depends=HEADERS,
+                                         extra_compile_args={"cxx": cxx_flags},
+                                         extra_link_args=link_flags)
+    release = _cuda_release(torch, cpp_extension)
+    ext = cpu_ext
+    if release is not None:
+        ext = cpp_extension.CUDAExtension(
+            "one_fast._native", CPU_SOURCES + CUDA_SOURCES,
+            depends=HEADERS, define_macros=[("ONE_FAST_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags,
+                                "nvcc": ["-O3", "-std=c++17", "--threads=0",
+                                         *_nvcc_arch_flags(release)]},
+            extra_link_args=link_flags)
+
+    class BuildOptionalExtension(cpp_extension.BuildExtension):
+        """Build the native extension, but never fail the install because of it: a failed CUDA
+        build falls back to the CPU variant, a failed CPU build to no extension (a notice)."""
+
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as exc:  # toolchain checks before any compilation
+                _notice(f"build failed ({type(exc).__name__}: {exc})".splitlines()[0])
+
+        def build_extension(self, extension):
+            try:
+                super().build_extension(extension)
+                return
+            except Exception as exc:  # compiler, linker or ninja errors
+                failure = f"({type(exc).__name__}: {exc})".splitlines()[0]
+            if extension is cpu_ext:
+                _notice(f"build failed {failure}")
+                return
+            print(f"one_fast: CUDA build of the native extension failed {failure}; building "
+                  "the CPU variant", file=sys.stderr)
+            self.build_extension(cpu_ext)
+
+    return [ext], {"build_ext": BuildOptionalExtension}
+
+
+ext_modules, cmdclass = _native_extension()
 
 setup(
     name="one_fast",
@@ -8,10 +145,15 @@ setup(
     description="Fast training engine for ONE: Knowledge Distillation by On-the-Fly Native Ensemble",
     python_requires=">=3.10",
     packages=find_packages(include=["one_fast", "one_fast.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         "torch>=2.4",
         "numpy",
         "triton; platform_system == 'Linux'",
+        "scikit-learn",  # the embedded default dataset (handwritten digits)
+        "tqdm",  # progress bars
+        "matplotlib",  # the training-curves plot
     ],
     extras_require={
         "dev": [
@@ -21,6 +163,8 @@ setup(
             "ruff",
             "nvidia-ml-py",
             "scikit-learn",
+            "tensorboard",
         ],
+        "tensorboard": ["tensorboard"],
     },
 )

@@ -3,20 +3,33 @@
 Backends, each returning the same per-row terms (:class:`~one_fast.loss.terms.RowTerms`):
 
 * ``"reference"`` — plain PyTorch, the specification (any device).
+* ``"triton"`` — one fused Triton kernel for the terms and the gradients
+  (:mod:`one_fast.loss.triton`); CUDA devices, and CPU tensors under Triton's interpreter
+  (``TRITON_INTERPRET=1``, for tests). Absent when triton is not installed.
+* ``"native"`` — the same fused operator in C++/CUDA (:mod:`one_fast.loss.native`, sources in
+  ``kernels/``): CPU always, CUDA when built with nvcc; runs nowhere when the extension was not
+  built at install time.
 
-``backend="auto"`` picks the fastest backend available for the tensors' device.
+``backend="auto"`` picks the fastest backend available for the tensors' device (never the Triton
+interpreter: on the CPU "auto" is "native" when the extension is built, else "reference").
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from . import reference
+from . import native, reference
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
+
+if importlib.util.find_spec("triton") is not None:
+    from . import triton as triton_backend
+else:  # triton not installed: the "triton" backend is simply unavailable
+    triton_backend = None
 
 RowTermsFn = Callable[..., RowTerms]
 
@@ -24,27 +37,52 @@ RowTermsFn = Callable[..., RowTerms]
 _BACKENDS: dict[str, tuple[RowTermsFn, Callable[[torch.device], bool]]] = {
     "reference": (reference.row_terms, lambda device: True),
 }
-# "auto" tries these in order (fastest measured first).
-_AUTO_ORDER: tuple[str, ...] = ("reference",)
+if triton_backend is not None:
+    _BACKENDS["triton"] = (triton_backend.row_terms, triton_backend.runs_on)
+_BACKENDS["native"] = (native.row_terms, native.runs_on)
+# "auto" tries these in order (fastest measured first; native beats the reference on the CPU,
+# see one_fast.loss.native; triton vs native on CUDA is not measured yet).
+_AUTO_ORDER: tuple[str, ...] = ("triton", "native", "reference")
+# Most branches a backend's kernels hold (per-branch state in registers); others have no limit.
+_MAX_BRANCHES: dict[str, int] = {"native": native.MAX_BRANCHES}
+# Extra condition for "auto" to pick a backend (it can run elsewhere when named explicitly):
+# the Triton interpreter runs on the CPU, but far slower than the reference.
+_AUTO_ONLY_IF: dict[str, Callable[[torch.device], bool]] = {
+    "triton": lambda device: device.type == "cuda",
+}
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Names of the loss backends that can run on ``device``, fastest first."""
+    """Names of the loss backends that can run on ``device``; the first is what "auto" picks.
+
+    Backends "auto" may pick come first, fastest first; then the others that can run there.
+    """
     device = torch.device(device)
-    order = [name for name in _AUTO_ORDER if name in _BACKENDS]
-    order += [name for name in _BACKENDS if name not in order]
-    return [name for name in order if _BACKENDS[name][1](device)]
+    runnable = [name for name in _BACKENDS if _BACKENDS[name][1](device)]
+    auto = [name for name in _AUTO_ORDER if name in runnable
+            and _AUTO_ONLY_IF.get(name, lambda d: True)(device)]
+    return auto + [name for name in runnable if name not in auto]
 
 
-def resolve_backend(backend: str, device: torch.device) -> RowTermsFn:
-    """Map a backend name (or "auto") to its row-terms function, with a clear error."""
+def resolve_backend(backend: str, device: torch.device, num_branches: int = 1) -> RowTermsFn:
+    """Map a backend name (or "auto") to its row-terms function, with a clear error.
+
+    "auto" skips backends that cannot take ``num_branches`` branches; a backend named explicitly
+    that cannot is an error (never a silent fallback).
+    """
     if backend == "auto":
-        return _BACKENDS[available_backends(device)[0]][0]
+        fits = [name for name in available_backends(device)
+                if num_branches <= _MAX_BRANCHES.get(name, num_branches)]
+        return _BACKENDS[fits[0]][0]
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(_BACKENDS)}, got {backend!r}")
     fn, runs_on = _BACKENDS[backend]
     if not runs_on(device):
         raise ValueError(f"backend {backend!r} cannot run on device {device}")
+    limit = _MAX_BRANCHES.get(backend)
+    if limit is not None and num_branches > limit:
+        raise ValueError(f"backend {backend!r} takes at most {limit} branches, got logits with "
+                         f"m = {num_branches}; use backend='auto', 'reference' or 'triton'")
     return fn
 
 
@@ -88,7 +126,7 @@ def one_loss(
         ``return_terms``.
     """
     validate_one_loss_args(logits, gate, target, temperature, kl_weight, ignore_index, reduction)
-    row_terms = resolve_backend(backend, logits.device)
+    row_terms = resolve_backend(backend, logits.device, logits.shape[1])
     rows = row_terms(logits, gate, target, float(temperature), kl_weight, bool(detach_teacher),
                      ignore_index)
     terms = reduce_terms(rows, reduction)
