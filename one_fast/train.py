@@ -33,7 +33,7 @@ from .engine.plot import plot_metrics
 from .engine.progress import EpochProgress
 from .engine.schedule import kl_weight, learning_rate
 from .engine.step import NonFiniteLossError, TrainStep
-from .loss import _BACKENDS, one_loss
+from .loss import available_backends, one_loss
 from .models import ONEResNet
 
 PROGRESS_EVERY = 25  # steps between the (synchronising) reads of the running loss
@@ -69,14 +69,14 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         raise ValueError("--sync-bn needs CUDA devices (NCCL)")
     backend, note = "reference", ""
     if config.fused:
-        if cuda and "triton" in _BACKENDS:
-            backend = "triton"
-        elif not cuda and "triton" in _BACKENDS and _BACKENDS["triton"][1](dist.device):
-            backend, note = "triton", "--fused: no CUDA device; running the Triton kernel " \
-                                      "through the interpreter (TRITON_INTERPRET=1)"
-        elif "native" in _BACKENDS and _BACKENDS["native"][1](dist.device):
-            backend = "native"
-            note = "" if cuda else "--fused: no CUDA device; using the native C++ CPU kernel"
+        fused = [name for name in available_backends(dist.device) if name != "reference"]
+        if cuda and fused:
+            backend = fused[0]
+        elif "triton" in fused:  # the CPU, with TRITON_INTERPRET=1
+            backend, note = "triton", ("--fused: no CUDA device; running the Triton kernel "
+                                       "through the interpreter (TRITON_INTERPRET=1)")
+        elif "native" in fused:
+            backend, note = "native", "--fused: no CUDA device; using the native C++ CPU kernel"
         else:
             note = "--fused: no fused kernel can run here; using the reference PyTorch loss"
     return Runtime(
