@@ -262,7 +262,8 @@ def gpu_telemetry(device: torch.device | str) -> dict[str, Any]:
     Returns:
         ``{"name": str, "util_percent": float, "memory_util_percent": float,
         "memory_used_mb": float, "memory_total_mb": float, "power_w": float,
-        "power_limit_w": float, "temperature_c": float}`` — keys the driver can't report are
+        "power_limit_w": float, "temperature_c": float, "driver": str, "sm_clock_mhz": int,
+        "sm_clock_max_mhz": int, "memory_clock_mhz": int}`` — keys the driver can't report are
         left out.
     """
     try:
@@ -286,6 +287,10 @@ def gpu_telemetry(device: torch.device | str) -> dict[str, Any]:
         "power_limit_w": lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
         "temperature_c": lambda: float(
             nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+        "driver": lambda: _text(nvml.nvmlSystemGetDriverVersion()),
+        "sm_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+        "sm_clock_max_mhz": lambda: nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM),
+        "memory_clock_mhz": lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM),
     }
     out: dict[str, Any] = {}
     for key, query in queries.items():
