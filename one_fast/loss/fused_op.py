@@ -82,6 +82,11 @@ def row_terms_from_op(op: Callable) -> Callable[..., RowTerms]:
 
     def row_terms(logits, gate, target, temperature, kl_weight, detach_teacher, ignore_index):
         compute_grad = torch.is_grad_enabled() and (logits.requires_grad or gate.requires_grad)
+        if isinstance(kl_weight, torch.Tensor) and kl_weight.requires_grad \
+                and torch.is_grad_enabled():
+            raise ValueError("kl_weight: a tensor that requires grad is differentiated only by "
+                             "backend='reference'; the fused kernels take it as a constant "
+                             "(pass kl_weight.detach())")
         if isinstance(kl_weight, torch.Tensor):
             kl_w = kl_weight.detach().reshape(1).to(device=logits.device, dtype=torch.float64)
         else:

@@ -389,6 +389,17 @@ def test_validation_errors_match_reference(backend):
             call(backend)
 
 
+@pytest.mark.parametrize("backend", FUSED)
+def test_kl_weight_requiring_grad_is_refused_not_silently_detached(backend):
+    logits, gate, target = make_inputs(3, 2, 5)
+    weight = torch.tensor(0.5, requires_grad=True)
+    with pytest.raises(ValueError, match="kl_weight: a tensor that requires grad"):
+        one_loss(logits, gate, target, kl_weight=weight, backend=backend)
+    got = one_loss(logits, gate, target, kl_weight=weight.detach(), backend=backend)
+    want = one_loss(logits, gate, target, kl_weight=weight, backend="reference")
+    assert_close(got, want.detach(), "loss")
+
+
 # ---- random shapes and options --------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", FUSED)
