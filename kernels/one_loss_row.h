@@ -134,22 +134,14 @@ ONE_HD uint16_t float_to_f16(float f) {
 #endif
 }
 
-// Cvt<T>: element type T <-> accumulator type A (float or double).
+// Cvt<T>: element type T <-> accumulator type A (float or double). The primary template serves
+// the built-in float and double; the 16-bit storage types are specialised below.
 template <typename T>
-struct Cvt;
-template <>
-struct Cvt<float> {
+struct Cvt {
   template <typename A>
-  ONE_HD static A load(float x) { return static_cast<A>(x); }
+  ONE_HD static A load(T x) { return static_cast<A>(x); }
   template <typename A>
-  ONE_HD static float store(A a) { return static_cast<float>(a); }
-};
-template <>
-struct Cvt<double> {
-  template <typename A>
-  ONE_HD static A load(double x) { return static_cast<A>(x); }
-  template <typename A>
-  ONE_HD static double store(A a) { return static_cast<double>(a); }
+  ONE_HD static T store(A a) { return static_cast<T>(a); }
 };
 template <>
 struct Cvt<bf16> {
