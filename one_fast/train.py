@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import MODEL_FIELDS, TrainConfig, config_from_args, config_to_dict
 from .data import load_dataset
-from .data.device import DeviceLoader
+from .data.device import DeviceLoader, loaders_for
 from .engine import distributed
 from .engine.checkpoint import (
     capture_rng_state,
@@ -189,14 +189,10 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                      amp_dtype=rt.amp_dtype, compile=rt.compile, cuda_graphs=rt.cuda_graphs)
     evaluator = Evaluator(model, amp_dtype=rt.amp_dtype, compile=rt.compile,
                           all_reduce=distributed.all_reduce_sum if dist.distributed else None)
-    loader_kwargs = dict(device=rt.device, mean=data.mean, std=data.std, seed=config.seed,
-                         rank=dist.rank, world_size=dist.world_size,
-                         channels_last=rt.channels_last)
-    train_loader = DeviceLoader(data.train_images, data.train_labels, config.batch_size,
-                                augment=True, pad=data.augment_pad, flip=data.augment_flip,
-                                drop_last=True, **loader_kwargs)
-    test_loader = DeviceLoader(data.test_images, data.test_labels, config.batch_size,
-                               augment=False, pad=0, flip=False, drop_last=False, **loader_kwargs)
+    # Each rank trains on its shard and evaluates its share of the test set (counts summed).
+    train_loader, test_loader = loaders_for(
+        data, config.batch_size, device=rt.device, seed=config.seed, rank=dist.rank,
+        world_size=dist.world_size, shard_eval=True, channels_last=rt.channels_last)
     _say(dist, f"one_fast: {config.dataset} ({len(data.train_labels)} train / "
                f"{len(data.test_labels)} test, {data.num_classes} classes), ResNet-{config.depth} "
                f"m={config.num_branches}, {sum(p.numel() for p in model.parameters()):,} params, "
