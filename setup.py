@@ -127,12 +127,21 @@ def _native_extension() -> tuple[list, dict]:
                 return
             except Exception as exc:  # compiler, linker or ninja errors
                 failure = f"({type(exc).__name__}: {exc})".splitlines()[0]
-            if extension is cpu_ext:
+            if extension.sources == cpu_ext.sources:
                 _notice(f"build failed {failure}")
                 return
             print(f"one_fast: CUDA build of the native extension failed {failure}; building "
                   "the CPU variant", file=sys.stderr)
-            self.build_extension(cpu_ext)
+            # Turn the finalised extension itself into the CPU variant (setuptools attached its
+            # own bookkeeping to this object when it finalised the command; a fresh Extension
+            # object would lack it), then build that.
+            for field in ("sources", "define_macros", "include_dirs", "library_dirs",
+                          "libraries", "extra_compile_args", "extra_link_args"):
+                setattr(extension, field, getattr(cpu_ext, field))
+            try:
+                super().build_extension(extension)
+            except Exception as exc:
+                _notice(f"build failed ({type(exc).__name__}: {exc})".splitlines()[0])
 
     return [ext], {"build_ext": BuildOptionalExtension}
 
