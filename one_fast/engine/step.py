@@ -96,8 +96,11 @@ class TrainStep:
     # -- the pieces ------------------------------------------------------------------------
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, kl_weight: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        # A CUDA graph must not capture autocast's cast cache (the cached casts would be freed
+        # memory at replay), as the CUDA-graph notes of the PyTorch docs require.
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+                            enabled=self.amp_dtype is not None,
+                            cache_enabled=not self.use_graphs):
             logits, gate = self.model(x)
         # The loss runs outside autocast: it reads bf16 logits and computes in float32.
         terms = self.criterion(logits, gate, y, kl_weight)
