@@ -21,16 +21,12 @@ from .config import MODEL_FIELDS, TrainConfig, config_from_args, config_to_dict
 from .data import load_dataset
 from .data.device import DeviceLoader, loaders_for
 from .engine import distributed
-from .engine.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from .engine.checkpoint import load_checkpoint, save_checkpoint
 from .engine.evaluate import Evaluator
 from .engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
 from .engine.plot import plot_metrics
 from .engine.progress import EpochProgress
+from .engine.rng import capture_rng_state, restore_rng_state
 from .engine.schedule import kl_weight, learning_rate
 from .engine.step import NonFiniteLossError, TrainStep
 from .loss import available_backends, one_loss

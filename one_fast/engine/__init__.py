@@ -1,15 +1,6 @@
-"""Training-engine pieces the trainer composes: checkpoints, metrics, plots, progress."""
+"""Training-engine pieces the trainer composes: checkpoints, RNG state, metrics, plots, progress."""
 
-from .checkpoint import (
-    CheckpointError,
-    atomic_write,
-    capture_rng_state,
-    load_checkpoint,
-    numpy_from_safe,
-    numpy_to_safe,
-    restore_rng_state,
-    save_checkpoint,
-)
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .metrics import (
     MetricsLogger,
     gpu_telemetry,
@@ -21,6 +12,7 @@ from .metrics import (
 )
 from .plot import plot_metrics
 from .progress import EpochProgress
+from .rng import capture_rng_state, numpy_from_safe, numpy_to_safe, restore_rng_state
 
 __all__ = [
     "CheckpointError",
