@@ -27,7 +27,7 @@ typedef struct CUstream_st* cudaStream_t;
 extern "C" {
 #endif
 
-/* Element types the operator reads and writes (logits, gate, grad_logits, grad_gate). */
+/* Element types the operator reads and writes (logits, gate, grad_logits). */
 enum OneFastDType {
   ONE_FAST_F32 = 0,
   ONE_FAST_F64 = 1,
@@ -53,7 +53,7 @@ typedef struct OneLossArgs {
   int64_t m;                    /* branches, 1..ONE_FAST_MAX_BRANCHES */
   int64_t c;                    /* C classes, >= 1 */
   int32_t logits_dtype;         /* OneFastDType; also grad_logits' type */
-  int32_t gate_dtype;           /* OneFastDType; also grad_gate's type */
+  int32_t gate_dtype;           /* OneFastDType */
   double temperature;           /* T > 0 */
   int64_t ignore_index;
   int32_t detach_teacher;       /* 1: the KL terms do not backpropagate into z_e */
@@ -64,7 +64,7 @@ typedef struct OneLossArgs {
   void* ce_ensemble;            /* (N,)   accumulator type */
   void* kl;                     /* (N, m) accumulator type */
   void* grad_logits;            /* (N, m, C) logits_dtype */
-  void* grad_gate;              /* (N, m) gate_dtype */
+  void* grad_gate;              /* (N, m) accumulator type (rounded to the gate's once, later) */
 } OneLossArgs;
 
 /* CPU implementation: processes rows [row_begin, row_end); callers may split rows across threads. */

@@ -73,7 +73,7 @@ ONE_HD void cpu_rows(const OneLossArgs& a, int64_t r0, int64_t r1) {
       if (a.compute_grad) {
         const T zero = Cvt<T>::template store<A>(A(0));
         std::fill(grad_logits + n * m * C, grad_logits + (n + 1) * m * C, zero);
-        for (int i = 0; i < m; ++i) store_any<A>(a.grad_gate, a.gate_dtype, n * m + i, A(0));
+        for (int i = 0; i < m; ++i) static_cast<A*>(a.grad_gate)[n * m + i] = A(0);
       }
       continue;
     }
@@ -123,7 +123,7 @@ ONE_HD void cpu_rows(const OneLossArgs& a, int64_t r0, int64_t r1) {
         for (int k = 0; k < K; ++k) dst[k] = Cvt<T>::template store<A>(src[k]);
       }
     }
-    for (int i = 0; i < m; ++i) store_any<A>(a.grad_gate, a.gate_dtype, n * m + i, dg[i]);
+    for (int i = 0; i < m; ++i) static_cast<A*>(a.grad_gate)[n * m + i] = dg[i];
   }
 }
 

@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kMaxBlock, sizeof(A) == 8 ? 1 : 2)
             store_vec<T, A, VEC>(grow + i * C + c0, zeros);
           }
         }
-        if (lane < m) store_any<A>(args.grad_gate, args.gate_dtype, n * m + lane, A(0));
+        if (lane < m) static_cast<A*>(args.grad_gate)[n * m + lane] = A(0);
       }
       continue;  // uniform across the group (one row per group)
     }
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(kMaxBlock, sizeof(A) == 8 ? 1 : 2)
       if (lane == 0) {
 #pragma unroll
         for (int i = 0; i < MAXM; ++i) {
-          if (i < m) store_any<A>(args.grad_gate, args.gate_dtype, n * m + i, dg[i]);
+          if (i < m) static_cast<A*>(args.grad_gate)[n * m + i] = dg[i];
         }
       }
     }

@@ -158,8 +158,8 @@ struct Cvt<f16> {
   ONE_HD static f16 store(A a) { return f16{float_to_f16(static_cast<float>(a))}; }
 };
 
-// Element idx of a tensor whose type is only known at run time (the gate and its gradient:
-// N*m values per call, so a switch costs nothing and spares a template dimension).
+// Element idx of a tensor whose type is only known at run time (the gate: N*m values per call,
+// so a switch costs nothing and spares a template dimension).
 template <typename A>
 ONE_HD A load_any(const void* p, int dtype, int64_t idx) {
   switch (dtype) {
@@ -167,20 +167,6 @@ ONE_HD A load_any(const void* p, int dtype, int64_t idx) {
     case ONE_FAST_BF16: return static_cast<A>(bf16_to_float(static_cast<const uint16_t*>(p)[idx]));
     case ONE_FAST_F16: return static_cast<A>(f16_to_float(static_cast<const uint16_t*>(p)[idx]));
     default: return static_cast<A>(static_cast<const float*>(p)[idx]);
-  }
-}
-
-template <typename A>
-ONE_HD void store_any(void* p, int dtype, int64_t idx, A v) {
-  switch (dtype) {
-    case ONE_FAST_F64: static_cast<double*>(p)[idx] = static_cast<double>(v); break;
-    case ONE_FAST_BF16:
-      static_cast<uint16_t*>(p)[idx] = float_to_bf16(static_cast<float>(v));
-      break;
-    case ONE_FAST_F16:
-      static_cast<uint16_t*>(p)[idx] = float_to_f16(static_cast<float>(v));
-      break;
-    default: static_cast<float*>(p)[idx] = static_cast<float>(v); break;
   }
 }
 

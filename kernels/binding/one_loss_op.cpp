@@ -81,8 +81,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> one_loss(
   const std::vector<int64_t> no_grad_shape{0};  // gradients not requested: empty (0,) tensors
   Tensor grad_logits =
       at::empty(compute_grad ? logits.sizes() : at::IntArrayRef(no_grad_shape), logits.options());
+  // grad_gate stays in the accumulator type: autograd rounds it to the gate's dtype once, after
+  // scaling (one_fast/loss/fused_op.py).
   Tensor grad_gate =
-      at::empty(compute_grad ? gate.sizes() : at::IntArrayRef(no_grad_shape), gate.options());
+      at::empty(compute_grad ? gate.sizes() : at::IntArrayRef(no_grad_shape), term_opts);
 
   if (g_poison_outputs.load(std::memory_order_relaxed)) {  // any element left unwritten shows
     for (Tensor* t : {&loss, &ce_branch, &ce_ensemble, &kl, &grad_logits, &grad_gate}) {

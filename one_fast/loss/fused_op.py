@@ -10,9 +10,10 @@ Every fused operator has the schema :data:`FUSED_SCHEMA`::
     (logits (N,m,C), gate (N,m), target (N,) int64, kl_weight (1,) float64,
      temperature, detach_teacher, ignore_index, compute_grad)
     -> loss (N,), ce_branch (N,m), ce_ensemble (N,), kl (N,m),
-       grad_logits (N,m,C) in logits' dtype, grad_gate (N,m) in gate's dtype
+       grad_logits (N,m,C) in logits' dtype, grad_gate (N,m) in the accumulation dtype
 
-The four term tensors are float32 (float64 for float64 logits); ignored rows hold 0. When
+The four term tensors and grad_gate are in the accumulation dtype: float32 (float64 for float64
+logits); ignored rows hold 0. When
 ``compute_grad`` is false the two gradient outputs are empty (shape (0,)).
 This module registers the fake (shape) implementation and the autograd formula for such an
 operator and turns it into the ``row_terms`` function the loss dispatcher calls.
@@ -39,7 +40,7 @@ def _fake(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_i
     n, m, _ = logits.shape
     acc = compute_dtype(logits.dtype)
     grad_logits = logits.new_empty(logits.shape if compute_grad else (0,))
-    grad_gate = gate.new_empty(gate.shape if compute_grad else (0,))
+    grad_gate = gate.new_empty(gate.shape if compute_grad else (0,), dtype=acc)
     return (logits.new_empty((n,), dtype=acc), logits.new_empty((n, m), dtype=acc),
             logits.new_empty((n,), dtype=acc), logits.new_empty((n, m), dtype=acc),
             grad_logits, grad_gate)
@@ -47,6 +48,7 @@ def _fake(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_i
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[4], output[5])
+    ctx.gate_dtype = inputs[1].dtype
 
 
 def _backward(ctx, grad_loss, *unused_term_grads):
@@ -56,10 +58,12 @@ def _backward(ctx, grad_loss, *unused_term_grads):
     if grad_logits.dim() != 3:  # the (0,) placeholder: N = 0 still gives (0, m, C)
         raise RuntimeError("fused ONE loss: backward called but the forward computed no "
                            "gradients (were logits/gate requiring grad when it ran?)")
-    acc_l, acc_g = compute_dtype(grad_logits.dtype), compute_dtype(grad_gate.dtype)
+    # The gate's gradient arrives in the accumulation dtype (it is tiny), so it is rounded to
+    # the gate's dtype once, after scaling; the logits' one was stored in their own dtype.
+    acc_l = compute_dtype(grad_logits.dtype)
     d_logits = grad_logits.to(acc_l) * grad_loss.to(acc_l)[:, None, None]
-    d_gate = grad_gate.to(acc_g) * grad_loss.to(acc_g)[:, None]
-    return (d_logits.to(grad_logits.dtype), d_gate.to(grad_gate.dtype),
+    d_gate = grad_gate * grad_loss.to(grad_gate.dtype)[:, None]
+    return (d_logits.to(grad_logits.dtype), d_gate.to(ctx.gate_dtype),
             None, None, None, None, None, None)
 
 

@@ -273,7 +273,7 @@ def impl(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_in
     ce_e = _new_output((n,), acc, device)
     kl = _new_output((n, m), acc, device)
     grad = _new_output((n, m, c) if compute_grad else (0,), logits.dtype, device)
-    grad_gate = _new_output((n, m) if compute_grad else (0,), gate.dtype, device)
+    grad_gate = _new_output((n, m) if compute_grad else (0,), acc, device)
     if n == 0:
         return loss, ce, ce_e, kl, grad, grad_gate
     m_pad, rows, block_c, num_warps = _launch_config(n, m, c)

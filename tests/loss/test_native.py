@@ -69,9 +69,8 @@ def assert_close(got, want, what, rtol):
 def compare(backend, other, logits, gate, target, rtol, **opts):
     """Loss, terms and both gradients of two backends, per row (a random cotangent).
 
-    The gate gradient is held to at least two roundings of the gate's dtype: backward scales
-    the rounded per-row gradient by the cotangent in that dtype (fused_op), where the reference
-    rounds once."""
+    The gate gradient is held to at least one rounding of the gate's dtype: both round the
+    float32 value once, and float32 values a hair apart may round to neighbouring values."""
     results = []
     for b in (backend, other):
         t = one_loss(logits, gate, target, backend=b, reduction="none", return_terms=True,
@@ -81,7 +80,7 @@ def compare(backend, other, logits, gate, target, rtol, **opts):
         grads = torch.autograd.grad((t.loss * cot).sum(), (logits, gate))
         results.append((t.loss, t.ce_per_branch, t.ce_ensemble, t.kl_per_branch, *grads))
     names = ("loss", "ce branch", "ce ensemble", "kl", "grad logits", "grad gate")
-    gate_rtol = max(rtol, 2 * torch.finfo(gate.dtype).eps)
+    gate_rtol = max(rtol, torch.finfo(gate.dtype).eps)
     for a, b, name in zip(*results, names, strict=True):
         assert_close(a, b, f"{backend} vs {other}: {name}", gate_rtol if name == "grad gate"
                      else rtol)
@@ -234,7 +233,8 @@ def test_low_precision_conversions_are_exact(dtype):
     for i in range(4):  # terms: identical float32 arithmetic on identical values
         torch.testing.assert_close(low[i], wide[i], rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(low[4], wide[4].to(dtype), rtol=0, atol=0, equal_nan=True)
-    torch.testing.assert_close(low[5], wide[5].to(dtype), rtol=0, atol=0, equal_nan=True)
+    # the gate's gradient stays in float32 (rounded to the gate's dtype once, by autograd)
+    torch.testing.assert_close(low[5], wide[5], rtol=0, atol=0, equal_nan=True)
     assert torch.isfinite(low[4][n:]).all() and torch.isfinite(low[5][n:]).all()
     assert (low[4][n:] != 0).float().mean() > 0.5  # subnormal and normal gradients alike
 
