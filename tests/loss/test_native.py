@@ -28,11 +28,10 @@ import one_fast.loss as loss_pkg
 from one_fast import available_backends, one_loss
 from one_fast.loss import native
 from one_fast.loss.fused_op import FUSED_SCHEMA
+from tests.loss.helpers import CPU, IGNORE, assert_close, make_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "kernels"
-IGNORE = -100
-CPU = torch.device("cpu")
 
 needs_native_cpu = pytest.mark.skipif(not native.HAS_CPU, reason="native extension not built")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -40,30 +39,6 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-
-
-def make_inputs(n, m, c, *, dtype=torch.float32, gate_dtype=None, scale=3.0, seed=0, device=CPU,
-                ignore=True):
-    """logits (N, m, C) and gate (N, m) requiring grad, target (N,) with rows 1, 4, ... ignored."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, m, c, generator=gen, dtype=torch.float64) * scale
-    g = torch.softmax(torch.randn(n, m, generator=gen, dtype=torch.float64), 1)
-    target = torch.randint(0, c, (n,), generator=gen)
-    if ignore:
-        target[1::3] = IGNORE
-    z = z.to(device, dtype).requires_grad_()
-    g = g.to(device, gate_dtype or dtype).requires_grad_()
-    return z, g, target.to(device)
-
-
-def assert_close(got, want, what, rtol):
-    """Elementwise rtol plus atol = rtol * max |want| (cancellation, see test_fused_backends)."""
-    assert got.dtype == want.dtype and got.shape == want.shape, what
-    got, want = got.detach(), want.detach()
-    finite = want[torch.isfinite(want)].abs()
-    atol = rtol * float(finite.max()) if finite.numel() else 0.0
-    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True,
-                               msg=lambda msg: f"{what}: {msg}")
 
 
 def compare(backend, other, logits, gate, target, rtol, **opts):
@@ -278,7 +253,7 @@ def test_more_than_eight_branches_is_a_clear_error_and_auto_moves_on():
 
 @needs_native_cpu
 def test_out_of_range_target_row_is_nan():
-    logits, gate, target = (t.detach() for t in make_inputs(4, 2, 10, ignore=False))
+    logits, gate, target = (t.detach() for t in make_inputs(4, 2, 10, ignore="none"))
     target[2] = 10
     out = native.op(logits, gate, target, torch.tensor([1.0], dtype=torch.float64), 3.0, True,
                     IGNORE, True)
