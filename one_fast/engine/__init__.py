@@ -1,6 +1,6 @@
 """Training-engine pieces the trainer composes: checkpoints, RNG state, metrics, plots, progress."""
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import (
     MetricsLogger,
     gpu_telemetry,
@@ -18,7 +18,6 @@ __all__ = [
     "CheckpointError",
     "EpochProgress",
     "MetricsLogger",
-    "atomic_write",
     "capture_rng_state",
     "gpu_telemetry",
     "load_checkpoint",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 from .metrics import read_metrics
 
 # (record["train"] key, legend label, line style)
