@@ -144,3 +144,24 @@ def test_devkit_errors_name_the_problem(tmp_path):
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tar")
     with pytest.raises(CorruptDatasetError, match="not a readable tar"):
         read_devkit(tmp_path / "junk.tar.gz")
+
+
+def test_prepare_command_sorts_val_and_checks_the_layout(tmp_path, capsys):
+    from one_fast.prepare_imagenet import main
+
+    root = make_tiny_imagenet(tmp_path / "cmd", {"train": 2, "val": 2}, odd_files=False).root
+    ids = []
+    for label, wnid in enumerate(WNIDS):  # flatten val/ back to the official layout
+        for path in sorted((root / "val" / wnid).iterdir()):
+            ids.append(label + 1)
+            path.rename(root / "val" / f"ILSVRC2012_val_{len(ids):08d}.JPEG")
+        (root / "val" / wnid).rmdir()
+    assert main([str(root)]) == 1
+    assert "no devkit" in capsys.readouterr().err
+    make_devkit_archive(root / "ILSVRC2012_devkit_t12.tar.gz", ids)
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "6 images moved" in out and "3 classes, 6 train / 6 val images: ready" in out
+    layout = find_imagenet(root)
+    assert layout.val.labels.tolist() == [i - 1 for i in ids]
+    assert layout.class_names == WORDS
