@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from one_fast.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 WNIDS = ("n00000007", "n00000042", "n00000100")  # sorted: labels 0, 1, 2
 WORDS = ("seven, 7", "forty-two", "hundred")
+COLOUR_TOL = 1.5  # DALI and Pillow round a flat JPEG colour differently by <= 1 level
 SIZES = ((40, 56), (56, 40), (48, 48), (33, 70), (64, 50))  # (width, height)
 
 
@@ -103,3 +107,24 @@ def make_devkit_archive(path: Path, ground_truth_ids: list[int]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def identify_flat_images(images: torch.Tensor, expected: dict,
+                         normalised: bool = True) -> list[str]:
+    """Each flat-colour image's file (nearest expected colour), checking it is flat and within
+    COLOUR_TOL of that colour after undoing the normalisation."""
+    x = images.float().cpu()
+    if normalised:
+        x = (x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+             + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) * 255
+    names = list(expected)
+    colours = torch.tensor(np.stack([expected[n][1] for n in names]), dtype=torch.float32)
+    found = []
+    for img in x:
+        assert (img.amax((1, 2)) - img.amin((1, 2))).max() < 1.5, "image is not flat"
+        rgb = img.mean((1, 2))
+        dist = (colours - rgb).abs().amax(1)
+        k = int(dist.argmin())
+        assert dist[k] <= COLOUR_TOL, f"colour {rgb.tolist()} matches no file"
+        found.append(names[k])
+    return found

@@ -11,8 +11,6 @@ import torch
 
 from one_fast.data.errors import CorruptDatasetError
 from one_fast.data.imagenet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DaliNotInstalledError,
     ImageNetLoader,
     dali_available,
@@ -20,12 +18,11 @@ from one_fast.data.imagenet import (
     imagenet_loaders,
 )
 
-from .imagenet_files import WNIDS, make_tiny_imagenet
+from .imagenet_files import WNIDS, identify_flat_images, make_tiny_imagenet
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason='NVIDIA DALI is not installed '
                                 '(pip install "one_fast[imagenet]")')
 SIZE = 16
-COLOUR_TOL = 1.5  # DALI and Pillow round a flat JPEG colour differently by <= 1 level
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +35,6 @@ def layout(tiny):
     return find_imagenet(tiny.root)
 
 
-def _identify(images: torch.Tensor, expected: dict, normalised: bool = True) -> list[str]:
-    """Each flat-colour image's file (nearest expected colour), checking it is flat and within
-    COLOUR_TOL of that colour after undoing the normalisation."""
-    x = images.float()
-    if normalised:
-        x = (x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-             + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) * 255
-    names = list(expected)
-    colours = torch.tensor(np.stack([expected[n][1] for n in names]), dtype=torch.float32)
-    found = []
-    for img in x:
-        assert (img.amax((1, 2)) - img.amin((1, 2))).max() < 1.5, "image is not flat"
-        rgb = img.mean((1, 2))
-        dist = (colours - rgb).abs().amax(1)
-        k = int(dist.argmin())
-        assert dist[k] <= COLOUR_TOL, f"colour {rgb.tolist()} matches no file"
-        found.append(names[k])
-    return found
-
-
 @needs_dali
 def test_training_batches_shapes_dtypes_labels_and_normalisation(tiny, layout):
     loader = ImageNetLoader(layout.train, 4, device="cpu", seed=0, augment=True,
@@ -68,7 +45,7 @@ def test_training_batches_shapes_dtypes_labels_and_normalisation(tiny, layout):
     for images, labels in loader.epoch_batches(0):
         assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == torch.float32
         assert labels.shape == (4,) and labels.dtype == torch.int64
-        files = _identify(images, expected)
+        files = identify_flat_images(images, expected)
         assert labels.tolist() == [expected[f][0] for f in files]
         seen += files
     assert len(set(seen)) == len(seen) == 16
@@ -85,7 +62,7 @@ def test_greyscale_and_cmyk_decode_to_rgb(tiny, layout):
         loader = ImageNetLoader(getattr(layout, split), 32, device="cpu", seed=0, augment=False,
                                 drop_last=False, image_size=SIZE, num_threads=2)
         (images, labels), = list(loader.eval_batches())
-        files = _identify(images, tiny.expected(split))
+        files = identify_flat_images(images, tiny.expected(split))
         assert sorted(files) == sorted(getattr(layout, split).files)
     assert any("grey" in f for f in layout.train.files)
     assert any("cmyk" in f for f in layout.val.files)
@@ -97,7 +74,7 @@ def test_eval_covers_the_split_in_order_and_is_deterministic(tiny, layout):
                             drop_last=False, image_size=SIZE, num_threads=2)
     first = list(loader.eval_batches())
     assert [len(y) for _, y in first] == [4, 4, 2]  # 10 images, last batch not padded
-    files = [f for x, _ in first for f in _identify(x, tiny.expected("val"))]
+    files = [f for x, _ in first for f in identify_flat_images(x, tiny.expected("val"))]
     assert files == list(layout.val.files)
     assert torch.cat([y for _, y in first]).tolist() == layout.val.labels.tolist()
     second = list(loader.eval_batches())
@@ -190,11 +167,12 @@ def test_rank_shards_are_disjoint_equal_and_cover_the_split(tiny, layout, world_
     seen = []  # what the pipelines actually deliver, identified by colour
     for loader in val:
         for images, _ in loader.eval_batches():
-            seen += _identify(images, tiny.expected("val"))
+            seen += identify_flat_images(images, tiny.expected("val"))
     assert sorted(seen) == sorted(layout.val.files)  # each image exactly once
     # Training: each rank's delivered epoch is its own permutation of its own shard.
     for t in train[:2]:
-        files = [f for x, _ in t.epoch_batches(0) for f in _identify(x, tiny.expected("train"))]
+        expected = tiny.expected("train")
+        files = [f for x, _ in t.epoch_batches(0) for f in identify_flat_images(x, expected)]
         assert files == [layout.train.files[i] for i in t.epoch_order(0)]
         assert set(t.epoch_order(0).tolist()) <= set(t.indices.tolist())
 
@@ -211,7 +189,7 @@ def test_channels_last_uint8_and_bfloat16_outputs(tiny, layout):
     assert bf.dtype == torch.bfloat16 and torch.equal(bf, ref.to(torch.bfloat16))
     raw, _ = next(ImageNetLoader(layout.val, 4, dtype=torch.uint8, **common).eval_batches())
     assert raw.dtype == torch.uint8
-    _identify(raw, tiny.expected("val"), normalised=False)
+    identify_flat_images(raw, tiny.expected("val"), normalised=False)
 
 
 @needs_dali
