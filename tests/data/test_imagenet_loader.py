@@ -230,3 +230,18 @@ def test_bad_arguments_are_named(layout):
         ImageNetLoader(layout.train, 4, dtype=torch.int32, **common)
     with pytest.raises(ValueError, match="num_threads"):
         ImageNetLoader(layout.train, 4, num_threads=0, **common)
+
+
+@needs_dali
+def test_batches_stay_valid_after_later_batches_arrive(tiny, layout):
+    """Batches are DALI's buffers handed over without a copy: holding a whole epoch's batches
+    (more than DALI prefetches) must not let later batches overwrite earlier ones."""
+    loader = ImageNetLoader(layout.train, 2, device="cpu", seed=4, augment=True,
+                            drop_last=True, image_size=SIZE, num_threads=2, prefetch=2)
+    snapshots, held = [], []
+    for images, labels in loader.epoch_batches(0):
+        snapshots.append((images.clone(), labels.clone()))
+        held.append((images, labels))
+    assert len(held) == 9
+    for (x1, y1), (x2, y2) in zip(snapshots, held, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)

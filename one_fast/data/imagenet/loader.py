@@ -200,18 +200,13 @@ class ImageNetLoader:
 
     def _run(self, positions: np.ndarray, augment: bool, seed: int,
              what: str) -> Iterator[Batch]:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
         stats = self.stats = InputStats()
         start = time.perf_counter()
         spec = self._spec(positions, augment, seed, Path(self._scratch.name) / "files.txt")
         pipe = build_pipeline(spec)
         stats.build_s = time.perf_counter() - start
         stats.wait_s = stats.build_s
-        b, size = self.batch_size, self.image_size
-        shape = (b, size, size, 3) if self.channels_last else (b, 3, size, size)
-        out_dtype = torch.uint8 if self.dtype == torch.uint8 else torch.float32
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        b = self.batch_size
         try:
             for step in range(math.ceil(len(positions) / b)):
                 t0 = time.perf_counter()
@@ -219,10 +214,8 @@ class ImageNetLoader:
                     images_tl, labels_tl = pipe.run()
                 except RuntimeError as err:
                     raise self._decode_failure(positions, step, what, err) from err
-                images = torch.empty(shape, dtype=out_dtype, device=self.device)
-                feed_ndarray(images_tl.as_tensor(), images, cuda_stream=stream)
-                labels = torch.from_numpy(np.asarray(labels_tl.as_tensor()).reshape(-1))
-                labels = labels.to(device=self.device, dtype=torch.int64)
+                images = self._as_torch(images_tl)
+                labels = self._as_torch(labels_tl).view(-1).to(torch.int64)
                 n = min(b, len(positions) - step * b)  # the padded tail of the last eval batch
                 images, labels = images[:n], labels[:n]
                 if self.channels_last:
@@ -237,6 +230,15 @@ class ImageNetLoader:
                 yield images, labels
         finally:
             del pipe  # frees DALI's buffers (device memory in mixed mode) before the next pass
+
+    def _as_torch(self, batch) -> torch.Tensor:
+        """A DALI output batch as a torch tensor without a copy (DLPack). DALI's dynamic
+        executor (the default since DALI 2.0, as in its own PyTorch iterator) keeps the buffer
+        alive while the tensor lives, and on CUDA makes it ready on torch's current stream."""
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                return torch.from_dlpack(batch.as_tensor())
+        return torch.from_dlpack(batch.as_tensor())
 
     def _decode_failure(self, positions: np.ndarray, step: int, what: str,
                         err: RuntimeError) -> Exception:

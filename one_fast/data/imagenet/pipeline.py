@@ -92,15 +92,17 @@ def build_pipeline(spec: PipelineSpec):
     """A built DALI pipeline whose outputs are (images, labels) for `spec`.
 
     Images: (batch, size, size, 3) HWC or (batch, 3, size, size) CHW, float32 normalised as
-    (x / 255 - mean) / std or uint8; on the GPU when spec.device_id is set. Labels: int32
-    (batch, 1) on the CPU. Greyscale and CMYK JPEGs decode to RGB.
+    (x / 255 - mean) / std or uint8. Labels: int32 (batch, 1). Both on the GPU when
+    spec.device_id is set. Greyscale and CMYK JPEGs decode to RGB.
     """
     fn, types, pipeline_def = import_dali()
     gpu = spec.device_id is not None
     size = spec.image_size
 
+    # exec_dynamic: outputs are handed over to torch without a copy (ImageNetLoader._as_torch).
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads,
-                  device_id=spec.device_id, seed=spec.seed, prefetch_queue_depth=spec.prefetch)
+                  device_id=spec.device_id, seed=spec.seed, prefetch_queue_depth=spec.prefetch,
+                  exec_dynamic=True)
     def graph():
         jpegs, labels = fn.readers.file(file_root=str(spec.file_root),
                                         file_list=str(spec.file_list), random_shuffle=False,
@@ -130,7 +132,9 @@ def build_pipeline(spec: PipelineSpec):
             images, dtype=dtype, output_layout="HWC" if spec.channels_last else "CHW",
             crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5, mean=mean, std=std,
             mirror=mirror)
-        return images, labels
+        # Labels too go to the device inside DALI: a blocking host-to-device copy of them in
+        # torch would wait for the training step queued before it.
+        return images, labels.gpu() if gpu else labels
 
     pipe = graph()
     pipe.build()
