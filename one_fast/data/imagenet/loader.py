@@ -40,9 +40,11 @@ class InputStats:
         images, batches: delivered so far.
         elapsed_s: from the pass's first request to its last delivered batch (the consumer's
             own work included).
-        wait_s: time the consumer spent inside the loader: building the pipeline, waiting for
-            a batch to be ready, and the copy into a torch tensor. ~0 when the pipeline keeps
-            ahead of the consumer.
+        wait_s: host time the consumer spent inside the loader: building the pipeline and
+            waiting for DALI to hand over a batch. ~0 when the pipeline keeps ahead of the
+            consumer. With mixed decoding DALI hands batches over stream-ordered, so GPU
+            decoding still running at that moment is not counted here: it would show as a
+            longer training step instead.
         build_s: the part of wait_s spent building the pipeline.
     """
 
