@@ -175,5 +175,6 @@ setup(
             "tensorboard",
         ],
         "tensorboard": ["tensorboard"],
+        "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
     },
 )
