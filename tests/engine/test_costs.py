@@ -121,6 +121,14 @@ def test_meta_count_equals_a_real_cpu_run():
     assert model_costs(build, 2, (3, 8, 8), device="cpu") == model_costs(build, 2, (3, 8, 8))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_meta_count_equals_a_cuda_run():
+    """cuDNN runs other kernels, but the counter sees the same aten ops (and their shapes)."""
+    build = resnet(8, classes=10)
+    assert model_costs(build, 3, (3, 16, 16), device="cuda") == model_costs(build, 3, (3, 16, 16))
+
+
 def test_counting_leaves_the_random_state_alone():
     before = torch.get_rng_state()
     model_costs(resnet(8, classes=10), 2, (3, 8, 8), device="cpu")
