@@ -246,7 +246,10 @@ def model_costs(build: Callable[[int], nn.Module], num_branches: int,
     if not isinstance(num_branches, int) or num_branches < 1:
         raise ValueError(f"num_branches must be a positive int, got {num_branches!r}")
     input_shape = _check_shape(input_shape)
-    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave no trace
+    device = torch.device(device)
+    cuda = [] if device.type != "cuda" else [
+        torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=cuda):  # building draws initial weights: leave no trace
         with torch.device(device):
             network, student = build(num_branches), build(1)
     ensemble_flops, m = _inference(network, input_shape)

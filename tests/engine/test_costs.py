@@ -126,7 +126,9 @@ def test_meta_count_equals_a_real_cpu_run():
 def test_meta_count_equals_a_cuda_run():
     """cuDNN runs other kernels, but the counter sees the same aten ops (and their shapes)."""
     build = resnet(8, classes=10)
+    cuda_state = torch.cuda.get_rng_state()
     assert model_costs(build, 3, (3, 16, 16), device="cuda") == model_costs(build, 3, (3, 16, 16))
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
 
 
 def test_counting_leaves_the_random_state_alone():
