@@ -77,14 +77,15 @@ class Costs:
     def describe(self) -> str:
         """One line for the start of a run."""
         size = "x".join(map(str, self.input_shape))
+        trained = "1 branch, loss"
         test = f"test: student {self.student_flops:.3g}"
         params = f"params: student {self.student_params:,}"
         if self.num_branches > 1:
+            trained = f"{self.num_branches} branches, gate, loss"
             test += f", ensemble of {self.num_branches} {self.ensemble_flops:.3g}"
             params += f", ensemble {self.ensemble_params:,}"
         return (f"cost per {size} image ({FLOPS_CONVENTION}): train {self.train_flops:.3g} "
-                f"(forward + backward, {self.num_branches} branch(es), gate, loss); {test}; "
-                f"{params}")
+                f"(forward + backward: {trained}); {test}; {params}")
 
     def to_dict(self) -> dict:
         """JSON-ready record for a run's metrics, the convention included."""

@@ -138,14 +138,15 @@ def test_single_branch_network():
     costs = model_costs(resnet(8, classes=10), 1, (3, 16, 16))
     assert costs.ensemble_flops == costs.student_flops
     assert costs.ensemble_params == costs.student_params
-    assert "ensemble" not in costs.describe()
+    assert "ensemble" not in costs.describe() and "gate" not in costs.describe()
 
 
 def test_report_formats():
     costs = Costs(3, (3, 32, 32), 684_510_024, 138_260_992, 228_464_920, 472_756, 1_193_189)
     line = costs.describe()
     assert "\n" not in line and FLOPS_CONVENTION in line and "2 x multiply-adds" in line
-    assert "train 6.85e+08" in line and "ensemble of 3 2.28e+08" in line
+    assert "train 6.85e+08 (forward + backward: 3 branches, gate, loss)" in line
+    assert "ensemble of 3 2.28e+08" in line
     assert "student 1.38e+08" in line and "1,193,189" in line
     record = json.loads(json.dumps(costs.to_dict()))
     assert record["train_flops"] == 684_510_024 and record["input_shape"] == [3, 32, 32]
