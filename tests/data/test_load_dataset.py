@@ -15,7 +15,7 @@ def test_unknown_name_is_a_clear_error():
 
 def test_names_are_case_insensitive():
     assert load_dataset(" Digits ").name == "digits"
-    assert DATASETS == ("digits", "cifar10", "cifar100", "synthetic")
+    assert DATASETS == ("digits", "cifar10", "cifar100", "svhn", "synthetic")
 
 
 def test_synthetic_is_deterministic_and_shaped():
