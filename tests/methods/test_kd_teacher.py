@@ -8,8 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from one_fast import ONEResNet, kd_loss
-from one_fast.methods import (BaselineMethod, DMLMethod, KDMethod, ONEMethod, StudentWithTeacher,
-                              teacher_logits)
+from one_fast.methods import (
+    BaselineMethod,
+    DMLMethod,
+    KDMethod,
+    ONEMethod,
+    StudentWithTeacher,
+    teacher_logits,
+)
 
 
 class Tiny(nn.Module):

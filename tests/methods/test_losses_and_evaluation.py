@@ -8,9 +8,17 @@ import torch.nn.functional as F
 
 from one_fast import dml_loss, kd_loss, one_loss
 from one_fast.loss import dml_reference, kd_reference
-from one_fast.methods import (DEFAULT_TEMPERATURE, METHODS, BaselineMethod, DMLMethod,
-                              EnsembleMethod, KDMethod, ONEMethod, averaged_probability_logits,
-                              create_method)
+from one_fast.methods import (
+    DEFAULT_TEMPERATURE,
+    METHODS,
+    BaselineMethod,
+    DMLMethod,
+    EnsembleMethod,
+    KDMethod,
+    ONEMethod,
+    averaged_probability_logits,
+    create_method,
+)
 
 
 def outputs(n=6, m=3, c=5, seed=0):
