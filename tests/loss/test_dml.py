@@ -7,6 +7,8 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from one_fast import DMLLoss, dml_loss, kd_loss
 from one_fast.loss import dml_reference
@@ -248,3 +250,35 @@ def test_bad_tensors(mutate, exc, match):
 def test_bad_options(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         dml_loss(*_good(), **kwargs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 6), m=st.integers(1, 4), c=st.integers(1, 12),
+       temperature=st.floats(0.5, 6.0), kl_weight=st.floats(0.0, 2.0),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))
+def test_random_shapes_and_options(n, m, c, temperature, kl_weight, reduction, seed):
+    z, target = make_inputs(n, m, c, seed=seed)
+    target[::3] = IGNORE
+    got = dml_loss(z, target, temperature=temperature, kl_weight=kl_weight, reduction=reduction)
+    want, _, _ = independent_dml(z, target, temperature, kl_weight, reduction)
+    torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), z)[0],
+                               torch.autograd.grad(want.sum(), z)[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-5)])
+def test_gpu_matches_float64_formulation(dtype, rtol):
+    """On CUDA, against the float64 formulation of the same (rounded) inputs."""
+    z, target = make_inputs(257, 3, 100, dtype=dtype)
+    target[::7] = IGNORE
+    zc = z.detach().cuda().requires_grad_()
+    got = dml_loss(zc, target.cuda(), temperature=3.0, kl_weight=0.7, reduction="none")
+    z64 = z.detach().double().requires_grad_()
+    want, _, _ = independent_dml(z64, target, 3.0, 0.7, "none")
+    torch.testing.assert_close(got.double().cpu(), want, rtol=rtol, atol=rtol)
+    g = torch.autograd.grad(got.sum(), zc)[0].double().cpu()
+    g_want = torch.autograd.grad(want.sum(), z64)[0]
+    tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16 gradients are rounded to 8 bits
+    torch.testing.assert_close(g, g_want, rtol=tol, atol=tol * float(g_want.abs().max()))
