@@ -1,17 +1,8 @@
 """one_fast: a fast training engine for ONE (On-the-fly Native Ensemble, Lan et al. 2018)."""
 
-from .loss import (
-    DMLLoss,
-    DMLLossTerms,
-    KDLoss,
-    KDLossTerms,
-    ONELoss,
-    ONELossTerms,
-    available_backends,
-    dml_loss,
-    kd_loss,
-    one_loss,
-)
+from .loss import ONELoss, ONELossTerms, available_backends, one_loss
+from .loss.dml import DMLLoss, DMLLossTerms, dml_loss
+from .loss.kd import KDLoss, KDLossTerms, kd_loss
 from .models import ONEResNet
 
 __version__ = "0.1.0"

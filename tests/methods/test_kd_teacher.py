@@ -117,3 +117,24 @@ def test_one_resnet_teacher_and_student():
     KDMethod().loss((logits, gate, taught), y, 1.0).loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert model.student.classifier.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_pair_and_kd_loss_compile_as_one_graph():
+    # The step compiles model + loss with fullgraph=True: the teacher's no_grad eval-mode
+    # forward must trace into the same graph, and gradients must match eager mode.
+    torch._dynamo.reset()
+    model = pair(teacher_output="ensemble").train()
+    x, y = torch.randn(8, 4), torch.randint(0, 5, (8,))
+    method = KDMethod()
+
+    def forward_loss(x, y, w):
+        return method.loss(model(x), y, w).loss
+
+    w = torch.tensor(0.5)
+    want = forward_loss(x, y, w)
+    g_want = torch.autograd.grad(want, model.student.fc.weight)[0]
+    got = torch.compile(forward_loss, fullgraph=True, backend="aot_eager")(x, y, w)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, model.student.fc.weight)[0], g_want)
+    assert model.teacher.bn.running_mean.eq(0.5).all()
