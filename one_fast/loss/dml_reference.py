@@ -6,8 +6,10 @@ For a row with label y, peer logits z_1..z_m (m >= 1) and temperature T::
     L   = sum_i [ CE(z_i, y) + kl_weight * T^2 * 1/(m-1) * sum_{j != i} KL(q_j || q_i) ]
 
 In peer i's term every q_j (j != i) is a constant: each peer learns from the others and never
-pushes them (Zhang et al. 2018 update each peer against the others' current predictions). With
-m = 1 there is no peer and L is the plain cross-entropy. Everything is computed in float32
+pushes them. Zhang et al.'s Algorithm 1 updates the peers one after another, each against the
+others' latest predictions; here all peers step together from the same batch's predictions
+(what lets m peers train batched in one step). With m = 1 there is no peer and L is the plain
+cross-entropy. Everything is computed in float32
 whatever the input dtype (float64 stays float64).
 """
 
