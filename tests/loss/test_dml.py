@@ -282,3 +282,11 @@ def test_gpu_matches_float64_formulation(dtype, rtol):
     g_want = torch.autograd.grad(want.sum(), z64)[0]
     tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16 gradients are rounded to 8 bits
     torch.testing.assert_close(g, g_want, rtol=tol, atol=tol * float(g_want.abs().max()))
+
+
+def test_nan_in_one_peer_propagates_to_its_row_only():
+    z, target = make_inputs(4, 3, 5, dtype=torch.float32)
+    with torch.no_grad():
+        z[2, 1, 0] = float("nan")
+    rows = dml_loss(z, target, reduction="none")
+    assert torch.isnan(rows[2]) and torch.isfinite(rows[[0, 1, 3]]).all()

@@ -240,3 +240,12 @@ def test_gpu_matches_float64_formulation(dtype):
     g_want = torch.autograd.grad(want.sum(), z64)[0]
     tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16 gradients are rounded to 8 bits
     torch.testing.assert_close(g, g_want, rtol=tol, atol=tol * float(g_want.abs().max()))
+
+
+def test_nan_in_student_logits_propagates_to_its_row_only():
+    z, t, target = make_inputs(4, 5, dtype=torch.float32)
+    with torch.no_grad():
+        z[1, 2] = float("nan")
+    rows = kd_loss(z, t, target, reduction="none")
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2, 3]]).all()
+    assert torch.isnan(kd_loss(z, t, target))
