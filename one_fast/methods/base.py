@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -56,7 +57,7 @@ class Method:
     has_ensemble: ClassVar[bool] = False
     uses_gate: ClassVar[bool] = False
     min_branches: ClassVar[int] = 1
-    required_model: ClassVar[Mapping[str, object]] = {}
+    required_model: ClassVar[Mapping[str, object]] = MappingProxyType({})
 
     def loss(self, outputs: Outputs, target: torch.Tensor,
              kl_weight: float | torch.Tensor) -> MethodLoss:

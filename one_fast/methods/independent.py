@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -10,7 +11,7 @@ from ..loss import dml_loss
 from .base import Method, MethodLoss, Outputs, averaged_probability_logits
 
 # Fully independent members: nothing shared (stem included), no gate.
-INDEPENDENT_MEMBERS = {"shared_stages": 0, "share_stem": False, "gate": False}
+INDEPENDENT_MEMBERS = MappingProxyType({"shared_stages": 0, "share_stem": False, "gate": False})
 
 
 def _cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,7 @@ class BaselineMethod(Method):
     name = "baseline"
     summary = "one network, plain cross-entropy"
     term_names: ClassVar[tuple[str, ...]] = ("loss", "ce_branches")
-    required_model = {"num_branches": 1}
+    required_model = MappingProxyType({"num_branches": 1})
 
     def loss(self, outputs: Outputs, target: torch.Tensor,
              kl_weight: float | torch.Tensor) -> MethodLoss:

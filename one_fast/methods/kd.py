@@ -7,6 +7,7 @@ under ``no_grad``; :class:`KDMethod` turns those into ``kd_loss``.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -28,7 +29,7 @@ class KDMethod(Method):
     name = "kd"
     summary = "a one-branch student distilled from a frozen teacher"
     term_names: ClassVar[tuple[str, ...]] = ("loss", "ce_branches", "kl")
-    required_model = {"num_branches": 1}
+    required_model = MappingProxyType({"num_branches": 1})
 
     def __init__(self, temperature: float = 4.0, distill: bool = True) -> None:
         self.temperature = temperature
