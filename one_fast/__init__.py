@@ -1,8 +1,11 @@
 """one_fast: a fast training engine for ONE (On-the-fly Native Ensemble, Lan et al. 2018)."""
 
 from .loss import ONELoss, ONELossTerms, available_backends, one_loss
+from .loss.dml import DMLLoss, DMLLossTerms, dml_loss
+from .loss.kd import KDLoss, KDLossTerms, kd_loss
 from .models import ONEResNet
 
 __version__ = "0.1.0"
 
 __all__ = ["ONELoss", "ONELossTerms", "ONEResNet", "available_backends", "one_loss"]
+__all__ += ["DMLLoss", "DMLLossTerms", "KDLoss", "KDLossTerms", "dml_loss", "kd_loss"]

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from . import native, reference
+from .dml import DMLLoss, DMLLossTerms, dml_loss
+from .kd import KDLoss, KDLossTerms, kd_loss
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
 
@@ -182,3 +184,4 @@ class ONELoss(nn.Module):
 
 
 __all__ = ["ONELoss", "ONELossTerms", "RowTerms", "available_backends", "one_loss"]
+__all__ += ["DMLLoss", "DMLLossTerms", "KDLoss", "KDLossTerms", "dml_loss", "kd_loss"]

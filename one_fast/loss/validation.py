@@ -1,4 +1,4 @@
-"""Argument checks shared by every ONE-loss backend, so all of them fail the same way."""
+"""Argument checks shared by every loss and backend, so all of them fail the same way."""
 
 from __future__ import annotations
 
@@ -31,49 +31,78 @@ def validate_one_loss_args(
     Target values are checked against [0, C) (or ``ignore_index``) in eager mode only: the check
     reads the tensor on the host, which a compiled or CUDA-graph-captured step must not do.
     """
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-        raise ValueError(f"logits must be a 3-D tensor (N, m, C), got {_describe(logits)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    check_floating(logits, "logits", "(N, m, C)")
     n, m, c = logits.shape
     if m < 1:
-        raise ValueError(f"logits must have at least one branch (dim 1), got {_describe(logits)}")
+        raise ValueError(f"logits must have at least one branch (dim 1), got {describe(logits)}")
     if c < 1:
-        raise ValueError(f"logits must have at least one class (dim 2), got {_describe(logits)}")
+        raise ValueError(f"logits must have at least one class (dim 2), got {describe(logits)}")
     if not isinstance(gate, torch.Tensor) or gate.dim() != 2:
-        raise ValueError(f"gate must be a 2-D tensor (N, m), got {_describe(gate)}")
+        raise ValueError(f"gate must be a 2-D tensor (N, m), got {describe(gate)}")
     if not gate.is_floating_point():
         raise TypeError(f"gate must be floating point, got dtype {gate.dtype}")
     if tuple(gate.shape) != (n, m):
         raise ValueError(
             f"gate must have shape (N, m) = {(n, m)} to match logits, got {tuple(gate.shape)}"
         )
-    if not isinstance(target, torch.Tensor) or target.dim() != 1:
-        raise ValueError(f"target must be a 1-D tensor (N,), got {_describe(target)}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-    if target.shape[0] != n:
-        raise ValueError(f"target must have N = {n} entries to match logits, got {target.shape[0]}")
+    check_target(target, n, "logits")
     if gate.device != logits.device or target.device != logits.device:
         raise ValueError(
             f"logits, gate and target must be on one device, got {logits.device}, "
             f"{gate.device} and {target.device}"
         )
+    check_options(temperature, "kl_weight", kl_weight, ignore_index, reduction)
+    check_target_values(target, c, ignore_index)
+
+
+def check_floating(x: torch.Tensor, name: str, layout: str) -> None:
+    """``x`` (called ``name``) must be a floating tensor with one dimension per ``layout`` entry.
+
+    ``layout`` spells the expected shape, e.g. ``"(N, m, C)"``; its comma count gives the rank.
+    """
+    dims = layout.count(",") + 1
+    if not isinstance(x, torch.Tensor) or x.dim() != dims:
+        raise ValueError(f"{name} must be a {dims}-D tensor {layout}, got {describe(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+
+
+def check_target(target: torch.Tensor, n: int, source: str) -> None:
+    """``target`` must be a 1-D integer tensor of ``n`` entries (N taken from ``source``)."""
+    if not isinstance(target, torch.Tensor) or target.dim() != 1:
+        raise ValueError(f"target must be a 1-D tensor (N,), got {describe(target)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.shape[0] != n:
+        raise ValueError(f"target must have N = {n} entries to match {source}, "
+                         f"got {target.shape[0]}")
+
+
+def check_options(temperature: float, weight_name: str, weight: float | torch.Tensor,
+                  ignore_index: int, reduction: str) -> None:
+    """The scalar options every distillation loss takes, each error naming its argument.
+
+    ``weight`` (called ``weight_name``) may be a finite Python number or a 1-element tensor.
+    """
     if isinstance(temperature, torch.Tensor) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a Python number, got {type(temperature).__name__}")
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    if isinstance(kl_weight, torch.Tensor):
-        if kl_weight.numel() != 1:
-            raise ValueError(f"kl_weight must be a number or a 1-element tensor, got shape "
-                             f"{tuple(kl_weight.shape)}")
-    elif not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight):
-        raise ValueError(f"kl_weight must be a finite number, got {kl_weight!r}")
+    if isinstance(weight, torch.Tensor):
+        if weight.numel() != 1:
+            raise ValueError(f"{weight_name} must be a number or a 1-element tensor, got shape "
+                             f"{tuple(weight.shape)}")
+    elif not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ValueError(f"{weight_name} must be a finite number, got {weight!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    if n and not _is_tracing():
+
+
+def check_target_values(target: torch.Tensor, c: int, ignore_index: int) -> None:
+    """Targets in [0, c) or ``ignore_index``; eager mode only (the check reads the tensor)."""
+    if target.numel() and not _is_tracing():
         bad = (target != ignore_index) & ((target < 0) | (target >= c))
         if bool(bad.any()):
             first = int(target[bad][0])
@@ -83,7 +112,8 @@ def validate_one_loss_args(
             )
 
 
-def _describe(x: object) -> str:
+def describe(x: object) -> str:
+    """A short description of a bad argument for error messages: its shape or its type."""
     if isinstance(x, torch.Tensor):
         return f"shape {tuple(x.shape)}"
     return f"{type(x).__name__}"
