@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 from one_fast import ONEResNet, one_loss, train
 from one_fast.config import config_from_args
 from one_fast.engine.step import WARMUP_STEPS, TrainStep
+from tests.host_reads import HostReadCounter
 
 pytestmark = [
     pytest.mark.gpu,
@@ -51,6 +52,22 @@ def test_cuda_graph_step_equals_eager_step():
     for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda s, n=name: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "replayed"])
+def test_step_reads_nothing_back(cuda_graphs):
+    """One eager step (fused SGD, as the trainer builds it) or one replayed CUDA-graph step
+    reads no value back to the host."""
+    torch.manual_seed(0)
+    step = _step(ONEResNet(8, 10, 3).cuda(), cuda_graphs=cuda_graphs)
+    x = torch.randn(32, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (32,), device="cuda")
+    for _ in range(WARMUP_STEPS + 1):  # warm-up and capture
+        step(x, y)
+    with HostReadCounter() as reads:
+        step(x, y)
+    assert reads.total == 0, dict(reads.counts)
+    assert step.read_totals()[1] == WARMUP_STEPS + 2
 
 
 def test_eager_graph_capture_refuses_an_optimizer_that_reads_lr_on_the_host():
