@@ -193,11 +193,11 @@ def compile_config(config: Config, arch: int, tool: Path) -> Compiled:
 
 def table(arch: int, results: list[Compiled]) -> str:
     """The printed table for one architecture."""
-    head = (f"{'sm_' + str(arch) + ' configuration':<44} {'grid':>8} {'warps':>5} "
+    head = (f"{'sm_' + str(arch) + ' configuration':<46} {'grid':>8} {'warps':>5} "
             f"{'rows x block':>13} {'regs':>5} {'spill B':>8} {'smem B':>7}")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.config.name:<44} {r.grid[0]:>8} {r.num_warps:>5} "
+        lines.append(f"{r.config.name:<46} {r.grid[0]:>8} {r.num_warps:>5} "
                      f"{f'{r.rows} x {r.block_c}':>13} {r.registers:>5} {r.spill_bytes:>8} "
                      f"{r.shared_bytes:>7}")
     return "\n".join(lines)
