@@ -59,8 +59,8 @@ def capture_sync_reason(optimizer: torch.optim.Optimizer) -> str | None:
     capturing"). torch's for-loop and foreach SGD pass a tensor learning rate as a Python
     scalar (``alpha=-lr``), which reads it on the host; the fused SGD and the ``capturable``
     optimizers keep it on the device. A group with ``capturable=False`` (Adam and others) keeps
-    its step count on the host. Compiling the update removes both reads, so this matters for an
-    eager step only.
+    its step count on the host. A compiled SGD update traces ``lr`` as a tensor and reads
+    nothing, so :class:`TrainStep` asks this of eager steps only.
 
     Args:
         optimizer: the optimizer a :class:`TrainStep` would capture.
