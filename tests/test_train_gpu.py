@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 from one_fast import ONEResNet, one_loss, train
 from one_fast.config import config_from_args
 from one_fast.engine.step import WARMUP_STEPS, TrainStep
+from tests.host_reads import HostReadCounter
 
 pytestmark = [
     pytest.mark.gpu,
@@ -20,10 +21,16 @@ pytestmark = [
 ]
 
 
+def _sgd(model, lr, *, fused):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
+                           **({"fused": True} if fused else {"foreach": True}))
+
+
 def _step(model, *, cuda_graphs, compile=False, backend="reference"):
+    """As the trainer builds it: an eager step updates with fused SGD (capturable with a tensor
+    lr), a compiled one traces the foreach SGD."""
     lr = torch.tensor(0.05, device="cuda")
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
-                          foreach=True)
+    opt = _sgd(model, lr, fused=not compile)
     loss = functools.partial(one_loss, temperature=3.0, backend=backend, return_terms=True)
     step = TrainStep(model, opt, lambda z, g, y, w: loss(z, g, y, kl_weight=w), lr,
                      compile=compile, cuda_graphs=cuda_graphs)
@@ -45,6 +52,31 @@ def test_cuda_graph_step_equals_eager_step():
     for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda s, n=name: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "replayed"])
+def test_step_reads_nothing_back(cuda_graphs):
+    """One eager step (fused SGD, as the trainer builds it) or one replayed CUDA-graph step
+    reads no value back to the host."""
+    torch.manual_seed(0)
+    step = _step(ONEResNet(8, 10, 3).cuda(), cuda_graphs=cuda_graphs)
+    x = torch.randn(32, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (32,), device="cuda")
+    for _ in range(WARMUP_STEPS + 1):  # warm-up and capture
+        step(x, y)
+    with HostReadCounter() as reads:
+        step(x, y)
+    assert reads.total == 0, dict(reads.counts)
+    assert step.read_totals()[1] == WARMUP_STEPS + 2
+
+
+def test_eager_graph_capture_refuses_an_optimizer_that_reads_lr_on_the_host():
+    model = ONEResNet(8, 10, 3).cuda()
+    lr = torch.tensor(0.05, device="cuda")
+    with pytest.raises(ValueError, match="cuda_graphs without compile cannot capture"):
+        TrainStep(model, _sgd(model, lr, fused=False), None, lr, cuda_graphs=True)
+    # compiled, the same foreach SGD is traced with lr as a tensor: accepted
+    TrainStep(model, _sgd(model, lr, fused=False), None, lr, cuda_graphs=True, compile=True)
 
 
 def test_fused_compiled_graphed_bf16_step_has_no_graph_breaks():

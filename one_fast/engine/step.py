@@ -52,12 +52,42 @@ def prime_sgd_momentum(optimizer: torch.optim.SGD) -> None:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def capture_sync_reason(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``optimizer.step()`` would read a value back to the host (None if it would not).
+
+    A CUDA graph cannot capture such a read ("operation not permitted when stream is
+    capturing"). torch's for-loop and foreach SGD pass a tensor learning rate as a Python
+    scalar (``alpha=-lr``), which reads it on the host; the fused SGD and the ``capturable``
+    optimizers keep it on the device. A group with ``capturable=False`` (Adam and others) keeps
+    its step count on the host. A compiled SGD update traces ``lr`` as a tensor and reads
+    nothing, so :class:`TrainStep` asks this of eager steps only.
+
+    Args:
+        optimizer: the optimizer a :class:`TrainStep` would capture.
+
+    Returns:
+        A sentence naming the first offending param group, or None.
+    """
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("fused") or group.get("capturable"):
+            continue
+        if isinstance(group.get("lr"), torch.Tensor):
+            return (f"param group {i} of {type(optimizer).__name__} holds a tensor lr but is not "
+                    f"fused: its update reads lr on the host")
+        if group.get("capturable") is False:
+            return (f"param group {i} of {type(optimizer).__name__} has capturable=False: its "
+                    f"update reads its step count on the host")
+    return None
+
+
 class TrainStep:
     """One SGD step of a ONE network, with optional compilation and CUDA-graph replay.
 
     Args:
         model: the network (possibly DDP-wrapped); ``model(x)`` returns ``(logits, gate)``.
-        optimizer: an optimizer whose param groups' ``lr`` is the device tensor ``lr``.
+        optimizer: an optimizer whose param groups' ``lr`` is the device tensor ``lr``; with
+            ``cuda_graphs`` and no ``compile``, one whose update does not read the host
+            (:func:`capture_sync_reason`: e.g. ``SGD(..., fused=True)``), else ValueError.
         criterion: ``criterion(logits, gate, target, kl_weight)`` -> :class:`ONELossTerms`.
         lr: 0-d float32 device tensor holding the learning rate (refilled by the caller).
         amp_dtype: autocast dtype for the network (``torch.bfloat16``) or None.
@@ -71,6 +101,10 @@ class TrainStep:
         device = lr.device
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, got {device}")
+        reason = capture_sync_reason(optimizer) if cuda_graphs and not compile else None
+        if reason:
+            raise ValueError(f"cuda_graphs without compile cannot capture this optimizer: "
+                             f"{reason}; use torch.optim.SGD(..., fused=True), or compile=True")
         self.model = model
         self.optimizer = optimizer
         self.criterion = criterion
@@ -85,7 +119,12 @@ class TrainStep:
         self._raw_optimizer_step = inspect.unwrap(type(optimizer).step) if optimizer else None
         if isinstance(optimizer, torch.optim.SGD):
             prime_sgd_momentum(optimizer)
-        self.forward_loss = (torch.compile(self._forward_loss, fullgraph=True) if compile
+        # DDP's forward does bookkeeping Dynamo cannot trace (its logger), so a DDP-wrapped model
+        # is compiled without fullgraph: Dynamo runs DDP's own code eagerly and compiles the
+        # wrapped network inside it -- through DDPOptimizer, which splits the graph at DDP's
+        # gradient buckets so that the compiled backward overlaps the all-reduces -- and the loss.
+        fullgraph = not isinstance(model, nn.parallel.DistributedDataParallel)
+        self.forward_loss = (torch.compile(self._forward_loss, fullgraph=fullgraph) if compile
                              else self._forward_loss)
         self.update = (torch.compile(self._update, fullgraph=True) if compile else self._update)
         self.graph: torch.cuda.CUDAGraph | None = None

@@ -28,8 +28,8 @@ def validate_one_loss_args(
     """Raise ``ValueError``/``TypeError`` naming the offending argument.
 
     Shapes: ``logits`` (N, m, C) floating, ``gate`` (N, m) floating, ``target`` (N,) integer.
-    Target values are checked against [0, C) (or ``ignore_index``) in eager mode only: the check
-    reads the tensor on the host, which a compiled or CUDA-graph-captured step must not do.
+    Target values are checked against [0, C) (or ``ignore_index``) in eager mode only (see
+    :func:`check_target_values`): a compiled or CUDA-graph-captured step skips the check.
     """
     check_floating(logits, "logits", "(N, m, C)")
     n, m, c = logits.shape
@@ -100,16 +100,29 @@ def check_options(temperature: float, weight_name: str, weight: float | torch.Te
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
 
 
-def check_target_values(target: torch.Tensor, c: int, ignore_index: int) -> None:
-    """Targets in [0, c) or ``ignore_index``; eager mode only (the check reads the tensor)."""
-    if target.numel() and not _is_tracing():
-        bad = (target != ignore_index) & ((target < 0) | (target >= c))
-        if bool(bad.any()):
-            first = int(target[bad][0])
-            raise ValueError(
-                f"target values must be in [0, {c}) or equal ignore_index={ignore_index}; "
-                f"found {first}"
-            )
+def check_target_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Check that every target is in [0, num_classes) or equals ``ignore_index``.
+
+    Skipped while tracing (a compiled or CUDA-graph-captured step). On the CPU a bad value raises
+    ``ValueError`` naming it. On any other device the check is a device-side assertion
+    (``torch._assert_async``, as PyTorch's own losses check their targets): no value is read back
+    to the host, so an eager step does not wait for the device; a bad value fails the next
+    synchronising call with a device-side assertion error.
+
+    Args:
+        target: (N,) integer class indices.
+        num_classes: C, the number of classes.
+        ignore_index: the target value that marks a row to skip.
+    """
+    if not target.numel() or _is_tracing():
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    message = f"target values must be in [0, {num_classes}) or equal ignore_index={ignore_index}"
+    if target.device.type != "cpu":
+        torch._assert_async(~bad.any(), message)
+        return
+    if bool(bad.any()):
+        raise ValueError(f"{message}; found {int(target[bad][0])}")
 
 
 def describe(x: object) -> str:

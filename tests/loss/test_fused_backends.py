@@ -35,6 +35,19 @@ FUSED = [b for b in ("triton", "native")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+CUDA = torch.device("cuda")
+# The fused backends on the CPU, and GPU-marked on CUDA, where the compiled kernels use
+# approximate exp and division (ex2.approx, div.full) that the interpreter never exercises.
+ON_DEVICES = [pytest.param(b, CPU, id=b) for b in FUSED] + [
+    pytest.param(b, CUDA, id=f"{b}-cuda", marks=[pytest.mark.gpu, gpu])
+    for b in ("triton", "native")]
+
+
+def require(backend, device):
+    if backend not in available_backends(device):
+        pytest.skip(f"{backend} backend not available on {device.type}")
+
+
 def backend_module(backend):
     return importlib.import_module(f"one_fast.loss.{backend}")
 
@@ -251,13 +264,14 @@ def check_numerics(backend, logits, gate, target, **opts):
         assert err <= bound, f"{name}: error {err} vs the float32 reference's {ref_err}"
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend,device", ON_DEVICES)
 @pytest.mark.parametrize("detach", [True, False])
 @pytest.mark.parametrize("scale,offset", [(1e4, 0.0), (3.0, 1e4)], ids=["spread", "offset"])
-def test_large_logits(backend, monkeypatch, detach, scale, offset):
+def test_large_logits(backend, device, monkeypatch, detach, scale, offset):
     """|logits| ~ 1e4: spread out (near one-hot softmaxes), or O(1) apart around 1e4."""
+    require(backend, device)
     force_block(monkeypatch, backend, 64)
-    logits, gate, target = make_inputs(7, 3, 150, scale=scale)
+    logits, gate, target = make_inputs(7, 3, 150, scale=scale, device=device)
     with torch.no_grad():
         logits += offset
     assert logits.abs().max() > 1e4
@@ -265,23 +279,26 @@ def test_large_logits(backend, monkeypatch, detach, scale, offset):
                    detach_teacher=detach)
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend,device", ON_DEVICES)
 @pytest.mark.parametrize("temperature", [1.0, 4.5])
-def test_confident_predictions(backend, temperature):
+def test_confident_predictions(backend, device, temperature):
     """p_y >= 0.9999 for every branch and the ensemble: the p_y - 1 cancellation."""
-    logits, gate, target = make_inputs(9, 3, 100, scale=1.0, ignore="none")
+    require(backend, device)
+    logits, gate, target = make_inputs(9, 3, 100, scale=1.0, ignore="none", device=device)
+    rows = torch.arange(9, device=device)
     with torch.no_grad():
-        logits[torch.arange(9), :, target] += 20.0
-    p_y = torch.softmax(logits.detach(), -1)[torch.arange(9), :, target]
+        logits[rows, :, target] += 20.0
+    p_y = torch.softmax(logits.detach(), -1)[rows, :, target]
     assert p_y.min() >= 0.9999
     check_numerics(backend, logits, gate, target, temperature=temperature, kl_weight=1.0,
                    detach_teacher=False)
 
 
-@pytest.mark.parametrize("backend", FUSED)
-def test_identical_branches_have_zero_kl(backend):
+@pytest.mark.parametrize("backend,device", ON_DEVICES)
+def test_identical_branches_have_zero_kl(backend, device):
     """All branches equal -> z_e = z_i up to rounding: KL = 0, and q_i - q_e cancels."""
-    logits, gate, target = make_inputs(7, 4, 50)
+    require(backend, device)
+    logits, gate, target = make_inputs(7, 4, 50, device=device)
     with torch.no_grad():
         logits[:] = logits[:, :1].clone()
     for b in (backend, "reference"):  # both compute log-probabilities of size ~log C = 4
