@@ -1,8 +1,10 @@
 """one_fast: a fast training engine for ONE (On-the-fly Native Ensemble, Lan et al. 2018)."""
 
 from .loss import ONELoss, ONELossTerms, available_backends, one_loss
+from .loss.fused_linear import FusedLinearONELoss, fused_linear_one_loss
 from .models import ONEResNet
 
 __version__ = "0.1.0"
 
 __all__ = ["ONELoss", "ONELossTerms", "ONEResNet", "available_backends", "one_loss"]
+__all__ += ["FusedLinearONELoss", "fused_linear_one_loss"]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import native, reference
+from .fused_linear import FusedLinearONELoss, fused_linear_one_loss
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
 
@@ -182,3 +183,4 @@ class ONELoss(nn.Module):
 
 
 __all__ = ["ONELoss", "ONELossTerms", "RowTerms", "available_backends", "one_loss"]
+__all__ += ["FusedLinearONELoss", "fused_linear_one_loss"]
