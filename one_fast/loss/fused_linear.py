@@ -68,9 +68,12 @@ def _validate_linear(hidden, weight, bias, chunk_size) -> None:
 
 
 def _autocast(hidden, weight, bias):
-    """Under autocast, cast like autocast's ``linear`` would (the operator itself is opaque)."""
+    """Under autocast, cast like autocast's ``linear`` would (the operator itself is opaque):
+    a bf16 trunk output meets float32 head weights there."""
+    if not isinstance(hidden, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        return hidden, weight, bias  # validation reports it
     device_type = hidden.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.is_autocast_enabled(device_type) or not weight.is_floating_point():
         return hidden, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
     return (hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
@@ -121,8 +124,8 @@ def fused_linear_one_loss(
     """
     from . import resolve_backend  # the package __init__ imports this module
 
-    _validate_linear(hidden, weight, bias, chunk_size)
     hidden, weight, bias = _autocast(hidden, weight, bias)
+    _validate_linear(hidden, weight, bias, chunk_size)
     m, v, _ = weight.shape
     n = hidden.shape[0]
     # shape-only stand-in for the (N, m, V) logits, so the ONE arguments get one_loss's checks

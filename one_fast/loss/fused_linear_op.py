@@ -273,15 +273,22 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(*output[5:9])
 
 
+def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad * scale`` rounded once to ``dtype``, in one pass: no full-size float32 temporary
+    next to the float32 accumulator (at vocabulary scale grad_weight is gigabytes)."""
+    return torch.mul(grad, scale.to(grad.dtype), out=torch.empty_like(grad, dtype=dtype))
+
+
 def _backward(ctx, grad_loss, *unused_term_grads):
     if ctx.reduction == "none":
         hidden, weight, bias, gate, target, kl_weight = ctx.saved_tensors
         grads = backward_op(hidden, weight, bias, gate, target, kl_weight, grad_loss,
                             *ctx.options)
+        out = [g.to(dtype) if need else None
+               for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs, strict=True)]
     else:
-        grads = [g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
-    out = [g.to(dtype) if need else None
-           for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs, strict=True)]
+        out = [_scaled(g, grad_loss, dtype) if need else None
+               for g, dtype, need in zip(ctx.saved_tensors, ctx.dtypes, ctx.needs, strict=True)]
     return (*out, None, None, None, None, None, None, None, None, None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from one_fast import fused_linear_one_loss, one_loss
-from tests.loss.helpers import CPU, IGNORE
+from tests.loss.helpers import CPU, IGNORE, RTOL, assert_close
 
 
 def make_linear_inputs(n, h, m, v, *, per_head=False, bias=True, dtype=torch.float32,
@@ -60,3 +60,38 @@ def fused_and_spec_grads(inputs, opts, spec_dtype=torch.float64, cotangent_seed=
     g_want = torch.autograd.grad((want * cot.to(want)).sum(),
                                  [c for c in copies if c is not None])
     return got, g_got, want, g_want
+
+
+def check(inputs, opts, rtol=RTOL, **fused_opts):
+    """Loss and every gradient of the fused path against the float64 specification."""
+    got, g_got, want, g_want = fused_and_spec_grads(inputs, opts, **fused_opts)
+    dtype = inputs[0].dtype
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(got, want.to(got.dtype), "loss", rtol)
+    names = [name for name, t in zip(("hidden", "weight", "bias", "gate"), inputs[:4],
+                                     strict=True) if t is not None]
+    for name, a, b in zip(names, g_got, g_want, strict=True):
+        assert a.dtype == dtype, f"grad {name} is {a.dtype}"
+        assert_close(a, b.to(a.dtype), f"grad {name}", rtol)
+
+
+def check_low_precision(dtype, device, per_head):
+    """bf16/fp16 hidden and weight: the loss is float32 and within 1e-2 of the float64 spec on
+    the same rounded inputs; each gradient is no further from the float64 gradient than the
+    materialised path's (linear heads in that dtype + one_loss) is, plus one rounding step."""
+    inputs = make_linear_inputs(40, 16, 3, 300, per_head=per_head, dtype=dtype, device=device)
+    hidden, weight, bias, gate, target = inputs
+    got, g_got, want, g_want = fused_and_spec_grads(inputs, dict(reduction="sum"),
+                                                    chunk_size=16)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=0)
+    lowp = one_loss(materialised_logits(hidden, weight, bias), gate, target, reduction="sum")
+    cot = torch.randn((), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g_lowp = torch.autograd.grad(lowp * cot.to(lowp), (hidden, weight, bias, gate))
+    for name, a, r, w in zip(("hidden", "weight", "bias", "gate"), g_got, g_lowp, g_want,
+                             strict=True):
+        assert a.dtype == dtype, name
+        err = (a.double() - w).abs().max()
+        ref_err = (r.double() - w).abs().max()
+        ulp = torch.finfo(dtype).eps * w.abs().max()
+        assert err <= ref_err + ulp, f"grad {name}: error {err:.3e}, materialised {ref_err:.3e}"

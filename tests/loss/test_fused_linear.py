@@ -24,30 +24,18 @@ from one_fast.loss.fused_linear_chunks import (
     auto_chunk_rows,
 )
 from tests.loss.fused_linear_helpers import (
-    fused_and_spec_grads,
+    check,
+    check_low_precision,
     make_linear_inputs,
     materialised_logits,
 )
-from tests.loss.helpers import CPU, IGNORE, RTOL, assert_close
+from tests.loss.helpers import CPU, IGNORE, assert_close
 
 ROOT = Path(__file__).resolve().parents[2]
 # The per-chunk kernels that run here: "auto" (native when built, else the reference) and the
 # reference differentiated with torch.func, which is also the fallback where nothing else runs.
 AUTO = available_backends(CPU)[0]
 KERNEL_BACKENDS = sorted({"reference", AUTO})
-
-
-def check(inputs, opts, rtol=RTOL, **fused_opts):
-    """Loss and every gradient of the fused path against the float64 specification."""
-    got, g_got, want, g_want = fused_and_spec_grads(inputs, opts, **fused_opts)
-    dtype = inputs[0].dtype
-    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert_close(got, want.to(got.dtype), "loss", rtol)
-    names = [name for name, t in zip(("hidden", "weight", "bias", "gate"), inputs[:4],
-                                     strict=True) if t is not None]
-    for name, a, b in zip(names, g_got, g_want, strict=True):
-        assert a.dtype == dtype, f"grad {name} is {a.dtype}"
-        assert_close(a, b.to(a.dtype), f"grad {name}", rtol)
 
 
 # ---- equality with the specification -------------------------------------------------------
@@ -159,27 +147,9 @@ def test_triton_kernel_under_interpreter():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_no_worse_than_materialising(dtype):
-    """bf16/fp16 hidden and weight: the loss is float32 and within 1e-2 of the float64 spec on
-    the same rounded inputs; each gradient is no further from the float64 gradient than the
-    materialised path's (linear heads in that dtype + one_loss) is, plus one rounding step."""
-    inputs = make_linear_inputs(40, 16, 3, 300, dtype=dtype)
-    hidden, weight, bias, gate, target = inputs
-    leaves = (hidden, weight, bias, gate)
-    got, g_got, want, g_want = fused_and_spec_grads(inputs, dict(reduction="sum"),
-                                                    chunk_size=16)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=0)
-    lowp = one_loss(materialised_logits(hidden, weight, bias), gate, target, reduction="sum")
-    cot = torch.randn((), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    g_lowp = torch.autograd.grad(lowp * cot.float(), leaves)
-    for name, a, r, w in zip(("hidden", "weight", "bias", "gate"), g_got, g_lowp, g_want,
-                             strict=True):
-        assert a.dtype == dtype, name
-        err = (a.double() - w).abs().max()
-        ref_err = (r.double() - w).abs().max()
-        ulp = torch.finfo(dtype).eps * w.abs().max()
-        assert err <= ref_err + ulp, f"grad {name}: error {err:.3e}, materialised {ref_err:.3e}"
+@pytest.mark.parametrize("per_head", [False, True])
+def test_low_precision_no_worse_than_materialising(dtype, per_head):
+    check_low_precision(dtype, CPU, per_head)
 
 
 # ---- the module ------------------------------------------------------------------------------
@@ -213,17 +183,21 @@ def test_module_is_linear_heads_plus_one_loss():
 
 
 def test_module_under_autocast():
-    """Under CPU autocast (bf16) hidden, weight and bias are cast as autocast's linear would."""
+    """Under CPU autocast (bf16) a bf16 trunk output meets the float32 heads: hidden, weight
+    and bias are cast as autocast's linear would cast them."""
     heads = FusedLinearONELoss(8, 30, 2, chunk_size=8)
-    hidden = torch.randn(16, 8, requires_grad=True)
+    trunk = torch.nn.Linear(5, 8)
+    x = torch.randn(16, 5)
     gate = torch.softmax(torch.randn(16, 2), 1)
     target = torch.randint(0, 30, (16,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = trunk(x)
+        assert hidden.dtype == torch.bfloat16
         loss = heads(hidden, gate, target)
         spec = one_loss(heads.logits(hidden), gate, target)
     torch.testing.assert_close(loss, spec, rtol=1e-2, atol=0)
     loss.backward()
-    assert heads.weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    assert heads.weight.grad.dtype == torch.float32 and trunk.weight.grad.dtype == torch.float32
 
 
 # ---- validation ------------------------------------------------------------------------------
