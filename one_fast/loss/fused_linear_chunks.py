@@ -44,6 +44,7 @@ def auto_chunk_rows(n: int, num_heads: int, num_classes: int, dtype: torch.dtype
     Returns:
         A row count in [1, max(N, 1)] following the rule in this module's docstring.
     """
+    n = int(n)  # under dynamic shapes: specialise on N (the rule needs a concrete count)
     row_bytes = max(1, num_heads * num_classes * torch.empty((), dtype=dtype).element_size())
     target = min(max(n * row_bytes // MIN_CHUNKS, MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
     fit = max(1, target // row_bytes)
