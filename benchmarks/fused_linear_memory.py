@@ -8,8 +8,13 @@ Implementations (``IMPLS``), all computing the ONE loss of ``hidden @ weight[i].
 * ``linear+reference`` — the same logits, then the PyTorch reference loss.
 
 CPU: :func:`peak_rss_extra_mib` runs one case in a fresh subprocess and reports how far its peak
-RSS (``ru_maxrss``) rose above the level measured after the inputs were created and a small
-warm-up call had loaded every library. CUDA: :func:`peak_cuda_extra_mib` measures in-process
+RSS rose above its RSS after the inputs were created (and a small warm-up call had loaded every
+library). The peak is ``VmHWM`` from ``/proc/self/status``, reset to the current RSS before the
+call (``/proc/self/clear_refs``), not ``getrusage().ru_maxrss``: a child started by
+``subprocess`` (vfork + exec) inherits its parent's high-water mark in ``ru_maxrss``, so a
+benchmark or test process holding a few GB would hide the child's peak entirely (measured: a
+fused case read 0 MiB that way inside the benchmark process, 197 MiB from a small one).
+CUDA: :func:`peak_cuda_extra_mib` measures in-process
 with ``torch.cuda.max_memory_allocated`` above the allocated bytes before the call.
 Used by ``benchmarks/test_fused_linear_bench.py`` and ``tests/loss/test_fused_linear_memory.py``.
 """
@@ -64,17 +69,28 @@ def forward_backward(impl: str, inputs, **opts):
 
 
 _CHILD = r"""
-import json, resource, sys
+import json, sys
 import torch
 from benchmarks.fused_linear_memory import forward_backward, make_inputs
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
 
 torch.set_num_threads(1)
 impl, (n, h, m, v) = sys.argv[1], map(int, sys.argv[2:6])
 forward_backward(impl, make_inputs(8, 4, 2, 16, torch.float32, "cpu"))  # warm-up
 inputs = make_inputs(n, h, m, v, torch.float32, "cpu")
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:  # reset the high-water mark to the current RSS (Linux >= 4.0), dropping freed temporaries
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = status_kib("VmHWM")
 loss, grads = forward_backward(impl, inputs)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kib("VmHWM")
 print(json.dumps({"base_kib": base, "peak_kib": peak, "loss": float(loss)}))
 """
 
@@ -82,7 +98,7 @@ print(json.dumps({"base_kib": base, "peak_kib": peak, "loss": float(loss)}))
 def peak_rss_extra_mib(impl: str, n: int, h: int, m: int, v: int) -> float:
     """Peak RSS growth (MiB) of one float32 forward + backward on the CPU, in a fresh process.
 
-    Linux only (``ru_maxrss`` in KiB); one torch thread.
+    Linux only (``/proc/self/status``); one torch thread.
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", _CHILD, impl, str(n), str(h), str(m), str(v)],

@@ -11,7 +11,7 @@ Shapes (N, H, m, V): ``small`` (2048, 256, 4, 16384) runs on the CPU (float32); 
 Each case: (1) validation on the first ``VALIDATE_ROWS`` rows against the float32 specification
 (the reference loss of float32 logits from the same, rounded, inputs): relative error of the
 loss and of each gradient; (2) peak memory above the inputs -- CPU: a fresh subprocess's peak
-RSS; CUDA: ``torch.cuda.max_memory_allocated``; (3) the time (benchmarks/harness.py).
+RSS (VmHWM); CUDA: ``torch.cuda.max_memory_allocated``; (3) the time (benchmarks/harness.py).
 
 The GPU target (issue 14) at the ``vocab`` shape: ``fused-linear`` peaks at least 4x lower than
 ``linear+fused`` and takes at most 1.2x its time. Reported, not asserted (compare the two cases'
@@ -95,7 +95,7 @@ def test_fused_linear(benchmark, shape, impl):
             method = "torch.cuda.max_memory_allocated above the allocated bytes before the call"
         else:
             peak = peak_rss_extra_mib(impl, n, h, m, v)
-            method = "peak RSS (ru_maxrss) of a fresh subprocess above its level before the call"
+            method = "peak RSS (VmHWM, reset) of a fresh subprocess above its RSS before the call"
         benchmark.group = f"{LABEL} fused linear {shape} ({n}x{h}x{m}x{v}) {str(DTYPE)[6:]}"
         timing = measure(benchmark, lambda i: forward_backward(impl, inputs), 1,
                          warmup=3 if is_cuda() else 1, min_rounds=3,

@@ -148,6 +148,31 @@ def _grad_buffers(hidden, weight, n, needs, new):
                                                                            strict=True))
 
 
+def _add_chunk_gradients(dz, h, weight, rows, grads, needs) -> None:
+    """grad_hidden[rows] = dz -> hidden; grad_weight += dz^T h; grad_bias += sum_n dz.
+
+    dz (rows, m, V) in the logits' dtype; h (rows, H) or (rows, m, H). Views of dz made here
+    die on return, so the chunk's gradient is freed as soon as the caller drops it.
+    """
+    grad_h, grad_w, grad_b, _ = grads
+    need_h, need_w, need_b, _ = needs
+    m, v, hdim = weight.shape
+    acc = grad_w.dtype
+    if need_b:
+        grad_b += dz.sum(0, dtype=acc)
+    if h.dim() == 2:  # shared hidden: the heads side by side, one GEMM each way
+        dz2 = dz.reshape(-1, m * v)
+        if need_h:
+            grad_h[rows] = _product(dz2, weight.view(m * v, hdim), acc)
+        if need_w:
+            _accumulate_product(grad_w.view(m * v, hdim), dz2.t(), h)
+    else:  # per-head hidden: batched over the heads
+        if need_h:
+            grad_h[rows] = _product(dz.transpose(0, 1), weight, acc).transpose(0, 1)
+        if need_w:
+            _accumulate_product(grad_w, dz.permute(1, 2, 0), h.transpose(0, 1))
+
+
 def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, detach_teacher,
                 ignore_index, chunk_rows, backend, needs, row_weight):
     """The chunk loop. Returns (loss, ce, ce_ensemble, kl) per row and the four gradients.
@@ -160,15 +185,14 @@ def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, deta
     kernel = KERNELS[backend]
     weight = weight.contiguous()  # one copy at most, not one per chunk
     bias = None if bias is None else bias.contiguous()
-    _, v, hdim = weight.shape
 
     def new(shape):
         return torch.empty(shape, dtype=acc, device=weight.device)
 
     terms = (new((n,)), new((n, m)), new((n,)), new((n, m)))
     grads = _grad_buffers(hidden, weight, n, needs, new)
-    grad_h, grad_w, grad_b, grad_g = grads
-    need_h, need_w, need_b, need_g = needs
+    _, grad_w, grad_b, grad_g = grads
+    need_g = needs[3]
     grad_w.zero_()
     grad_b.zero_()
     compute_grad = any(needs)
@@ -191,20 +215,8 @@ def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, deta
             dg = dg * w[:, None]
         if need_g:
             grad_g[rows] = dg
-        if need_b:
-            grad_b += dz.sum(0, dtype=acc)
-        if h.dim() == 2:
-            dz2 = dz.reshape(-1, m * v)
-            if need_h:
-                grad_h[rows] = _product(dz2, weight.view(m * v, hdim), acc)
-            if need_w:
-                _accumulate_product(grad_w.view(m * v, hdim), dz2.t(), h)
-        else:
-            if need_h:
-                grad_h[rows] = _product(dz.transpose(0, 1), weight, acc).transpose(0, 1)
-            if need_w:
-                _accumulate_product(grad_w, dz.permute(1, 2, 0), h.transpose(0, 1))
-        del dz
+        _add_chunk_gradients(dz, h, weight, rows, grads, needs)
+        del dz  # before the next chunk's logits exist: two chunk-sized tensors at most
     return terms, grads
 
 
