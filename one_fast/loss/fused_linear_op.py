@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 
 import torch
 
@@ -89,8 +90,12 @@ def _kernels() -> dict:
 KERNELS = _kernels()
 
 
+# Set to False (with a warning) if a float32-output GEMM is ever refused at run time.
+_FP32_OUTPUT_GEMMS_WORK = True
+
+
 @functools.cache
-def _fp32_output_gemms(device_type: str) -> bool:
+def _has_fp32_output_gemms(device_type: str) -> bool:
     """Whether torch has bf16/fp16 GEMMs writing float32 on this device type (CUDA, torch>=2.8)."""
     if device_type != "cuda":
         return False
@@ -102,13 +107,31 @@ def _fp32_output_gemms(device_type: str) -> bool:
         return False
 
 
+def _fp32_output_gemms(device_type: str) -> bool:
+    return _FP32_OUTPUT_GEMMS_WORK and _has_fp32_output_gemms(device_type)
+
+
+def _try_fp32_output(gemm, *args, **kwargs) -> torch.Tensor | None:
+    """Run a float32-output GEMM; None (and no more tries) if this torch refuses it."""
+    global _FP32_OUTPUT_GEMMS_WORK
+    try:
+        return gemm(*args, **kwargs)
+    except (RuntimeError, TypeError) as exc:  # raised at dispatch, before any launch
+        _FP32_OUTPUT_GEMMS_WORK = False
+        warnings.warn(f"fused_linear_one_loss: float32-output GEMM refused ({exc}); "
+                      "rounding each chunk's product to the input dtype instead", stacklevel=3)
+        return None
+
+
 def _product(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """``a @ b`` (mm for 2-D, bmm for 3-D operands) as an ``acc`` tensor."""
     mm = torch.mm if a.dim() == 2 else torch.bmm
     if a.dtype == acc:
         return mm(a, b)
     if _fp32_output_gemms(a.device.type):
-        return mm(a, b, out_dtype=acc)
+        result = _try_fp32_output(mm, a, b, out_dtype=acc)
+        if result is not None:
+            return result
     return mm(a, b).to(acc)
 
 
@@ -117,10 +140,11 @@ def _accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -
     add = torch.addmm if a.dim() == 2 else torch.baddbmm
     if a.dtype == total.dtype:
         add(total, a, b, out=total)
-    elif _fp32_output_gemms(a.device.type):
-        add(total, a, b, out_dtype=total.dtype, out=total)
-    else:
-        total.add_((torch.mm if a.dim() == 2 else torch.bmm)(a, b))
+        return
+    if _fp32_output_gemms(a.device.type):
+        if _try_fp32_output(add, total, a, b, out_dtype=total.dtype, out=total) is not None:
+            return
+    total.add_((torch.mm if a.dim() == 2 else torch.bmm)(a, b))
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
