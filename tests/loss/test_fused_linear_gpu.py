@@ -21,12 +21,12 @@ CUDA = torch.device("cuda")
 def test_fp32_output_gemms_are_used():
     """torch >= 2.8 has bf16 x bf16 -> float32 GEMMs on CUDA: the accumulators use them."""
     assert fused_linear_op._fp32_output_gemms("cuda")
-    inputs = make_linear_inputs(16, 8, 2, 64, per_head=True, dtype=torch.bfloat16, device=CUDA)
-    for per_head_inputs in (inputs, make_linear_inputs(16, 8, 2, 64, dtype=torch.bfloat16,
-                                                       device=CUDA)):
-        hidden, weight, bias, gate, target = per_head_inputs
+    for per_head in (False, True):  # addmm/mm and baddbmm/bmm
+        hidden, weight, bias, gate, target = make_linear_inputs(
+            16, 8, 2, 64, per_head=per_head, dtype=torch.bfloat16, device=CUDA)
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a refused float32-output GEMM warns: fail here
+            # a refused float32-output GEMM warns (and falls back): fail here instead
+            warnings.filterwarnings("error", message="fused_linear_one_loss")
             loss = fused_linear_one_loss(hidden, weight, gate, target, bias=bias, chunk_size=8)
             torch.autograd.grad(loss, (hidden, weight))
     assert fused_linear_op._fp32_output_gemms("cuda")
