@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from one_fast import FusedLinearONELoss, ONELoss, ONELossTerms, fused_linear_one_loss, one_loss
 from one_fast.loss import available_backends, fused_linear_op
@@ -78,6 +80,16 @@ def test_chunk_sizes_divide_or_not(chunk):
     """N = 10: chunks of 1, 2, 5 divide it; 7 and 8 leave a short last chunk; 1000 is one."""
     inputs = make_linear_inputs(10, 5, 3, 17, per_head=True)
     check(inputs, dict(reduction="sum"), chunk_size=chunk)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 40), h=st.integers(1, 9), m=st.integers(1, 5), v=st.integers(1, 70),
+       chunk=st.integers(1, 45), per_head=st.booleans(), bias=st.booleans(),
+       detach=st.booleans(), reduction=st.sampled_from(["mean", "sum", "none"]),
+       seed=st.integers(0, 2**16))
+def test_random_shapes_and_options(n, h, m, v, chunk, per_head, bias, detach, reduction, seed):
+    inputs = make_linear_inputs(n, h, m, v, per_head=per_head, bias=bias, seed=seed)
+    check(inputs, dict(reduction=reduction, detach_teacher=detach), chunk_size=chunk)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
