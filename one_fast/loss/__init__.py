@@ -24,6 +24,7 @@ from torch import nn
 
 from . import native, reference
 from .dml import DMLLoss, DMLLossTerms, dml_loss
+from .fused_linear import FusedLinearONELoss, fused_linear_one_loss
 from .kd import KDLoss, KDLossTerms, kd_loss
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
@@ -185,3 +186,4 @@ class ONELoss(nn.Module):
 
 __all__ = ["ONELoss", "ONELossTerms", "RowTerms", "available_backends", "one_loss"]
 __all__ += ["DMLLoss", "DMLLossTerms", "KDLoss", "KDLossTerms", "dml_loss", "kd_loss"]
+__all__ += ["FusedLinearONELoss", "fused_linear_one_loss"]
