@@ -119,15 +119,17 @@ class Bottleneck(_ResidualBlock):
 
     The inner width is ``int(planes * base_width / 64) * groups`` as in torchvision, so
     ``groups=1, base_width=64`` is the ResNet bottleneck (width = planes) and e.g.
-    ``groups=32, base_width=4`` ResNeXt's 32x4d block.
+    ``groups=32, base_width=4`` ResNeXt's 32x4d block; ``width`` sets it directly instead.
     """
 
     expansion = 4
 
     def __init__(self, num_branches: int, in_channels: int, planes: int, stride: int = 1,
-                 shared_input: bool = False, groups: int = 1, base_width: int = 64) -> None:
+                 shared_input: bool = False, groups: int = 1, base_width: int = 64,
+                 width: int | None = None) -> None:
         super().__init__(num_branches, in_channels, planes * 4, stride, shared_input)
-        width = int(planes * base_width / 64) * groups
+        if width is None:
+            width = int(planes * base_width / 64) * groups
         self.conv1 = BranchedConv2d(num_branches, in_channels, width, 1, 1, shared_input)
         self.bn1 = BranchedBatchNorm2d(num_branches, width)
         self.conv2 = BranchedConv2d(num_branches, width, width, 3, stride, groups=groups)
