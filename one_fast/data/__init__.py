@@ -29,15 +29,17 @@ __all__ = [
 
 def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, *,
                  synthetic_classes: int = 100, synthetic_train: int = 50_000,
-                 synthetic_test: int = 10_000, synthetic_seed: int = 0) -> ImageDataset:
+                 synthetic_test: int = 10_000, synthetic_seed: int = 0,
+                 synthetic_image_size: int = 32) -> ImageDataset:
     """Load a dataset by name into uint8 CPU tensors.
 
     Args:
         name: one of DATASETS ("digits" is embedded; "cifar10"/"cifar100" read data_dir).
         data_dir: folder holding the CIFAR folder or archive (ignored by the others).
         download: fetch the official CIFAR archive if it is missing (MD5-checked).
-        synthetic_classes, synthetic_train, synthetic_test, synthetic_seed: shape of the
-            "synthetic" dataset (defaults: CIFAR-100's class count and split sizes).
+        synthetic_classes, synthetic_train, synthetic_test, synthetic_seed,
+            synthetic_image_size: shape of the "synthetic" dataset (defaults: CIFAR-100's class
+            count, split sizes and 32x32 images; 224 gives ImageNet-shaped inputs).
 
     Returns:
         ImageDataset.
@@ -53,5 +55,5 @@ def load_dataset(name: str, data_dir: str | Path = "data", download: bool = Fals
         return load_cifar(key, data_dir, download)
     if key == "synthetic":
         return load_synthetic(synthetic_classes, synthetic_train, synthetic_test,
-                              seed=synthetic_seed)
+                              seed=synthetic_seed, image_size=synthetic_image_size)
     raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
