@@ -8,7 +8,7 @@ from .resnet import blocks_per_stage, residual_stage
 
 
 class ONEResNeXt29(BranchedNetwork):
-    """ONE ResNeXt for 32x32 images, ``cardinality`` x ``base_width``d (``create_model("resnext29")``).
+    """ONE CIFAR ResNeXt, ``cardinality`` x ``base_width``d (``create_model("resnext29")``).
 
     Stem 3x3 conv (64) + BN + ReLU; three stages of (depth - 2) / 9 bottleneck blocks with
     64 * widen_factor * (1, 2, 4) output channels (strides 1, 2, 2) whose grouped 3x3
