@@ -45,6 +45,9 @@ class BranchedConv2d(nn.Module):
                  kernel_size: int, stride: int = 1, shared_input: bool = False,
                  groups: int = 1) -> None:
         super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"a convolution needs channels >= 1, got in_channels={in_channels}, "
+                             f"out_channels={out_channels}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")

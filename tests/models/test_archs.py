@@ -60,7 +60,10 @@ def test_batched_matches_per_branch_float64(arch, m):
     y = torch.randint(0, 5, (3,))
     got = assert_paths_agree(model, x, y, dict(rtol=1e-10, atol=1e-12))
     assert got[0].shape == (3, m, 5) and got[1].shape == (3, m)
-    assert all(g.abs().sum() > 0 for g in got[2].values()), "a parameter got no gradient"
+    # Every gradient is really there, except gate_fc.bias: BatchNorm1d right after it removes
+    # any constant, so its gradient is 0 up to rounding.
+    dead = [k for k, g in got[2].items() if g.abs().max() < 1e-9 and k != "gate_fc.bias"]
+    assert not dead, f"no gradient reached {dead}"
     stats = [k for k in fresh if "running_mean" in k]
     assert stats and all(not torch.equal(fresh[k], got[3][k]) for k in stats)
 
@@ -97,6 +100,7 @@ def test_less_shared_trunks(arch):
     assert_paths_agree(model, x, torch.randint(0, 5, (3,)), dict(rtol=1e-10, atol=1e-12))
 
 
+@pytest.mark.slow
 def test_full_resnet18_paths_agree_at_64px():
     """The real ResNet-18 (not narrowed), m = 2, 64x64 images, eval mode, float32."""
     model = create_model("resnet18", num_classes=10, num_branches=2).eval()
@@ -140,10 +144,10 @@ def test_trains_a_few_steps(arch):
     model = small_model(arch, 3)
     assert isinstance(model, BranchedNetwork)
     size = SMALL[arch][1]
-    x, y = torch.randn(8, 3, size, size), torch.randint(0, 5, (8,))
+    x, y = torch.randn(6, 3, size, size), torch.randint(0, 5, (6,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         logits, gate = model(x)
         loss = one_loss(logits, gate, y)
         optimizer.zero_grad()
