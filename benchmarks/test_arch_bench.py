@@ -14,6 +14,9 @@ batch 128, DenseNet 64; ResNet-18 and ResNeXt-50 32x4d on 224x224, batch 64), bf
 channels_last as the engine runs on CUDA, 100 classes. CPU: tiny variants of each family on
 32x32, batch 16, float32 (the ImageNet families narrowed to a 16-channel stem, same blocks).
 Before timing, both variants' losses on the first batch are checked to agree.
+
+On a shared CPU run it with one thread (``OMP_NUM_THREADS=1``, as ``gpu_check.sh`` does): with
+two threads on two busy cores, OpenMP barriers stalled some steps by 10-70x in our runs.
 """
 
 from __future__ import annotations
