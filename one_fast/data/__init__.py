@@ -31,7 +31,7 @@ __all__ = [
 def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, *,
                  synthetic_classes: int = 100, synthetic_train: int = 50_000,
                  synthetic_test: int = 10_000, synthetic_seed: int = 0,
-                 svhn_extra: bool = False) -> ImageDataset:
+                 svhn_extra: bool = False, synthetic_image_size: int = 32) -> ImageDataset:
     """Load a dataset by name into uint8 CPU tensors.
 
     Args:
@@ -39,8 +39,9 @@ def load_dataset(name: str, data_dir: str | Path = "data", download: bool = Fals
         data_dir: folder holding the CIFAR folder or archive, or the SVHN .mat files (ignored
             by the others).
         download: fetch the official CIFAR archive or SVHN files if missing (MD5-checked).
-        synthetic_classes, synthetic_train, synthetic_test, synthetic_seed: shape of the
-            "synthetic" dataset (defaults: CIFAR-100's class count and split sizes).
+        synthetic_classes, synthetic_train, synthetic_test, synthetic_seed,
+            synthetic_image_size: shape of the "synthetic" dataset (defaults: CIFAR-100's class
+            count, split sizes and 32x32 images; 224 gives ImageNet-shaped inputs).
         svhn_extra: add SVHN's 531k-image extra split to its training split.
 
     Returns:
@@ -59,5 +60,5 @@ def load_dataset(name: str, data_dir: str | Path = "data", download: bool = Fals
         return load_svhn(data_dir, download, extra=svhn_extra)
     if key == "synthetic":
         return load_synthetic(synthetic_classes, synthetic_train, synthetic_test,
-                              seed=synthetic_seed)
+                              seed=synthetic_seed, image_size=synthetic_image_size)
     raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

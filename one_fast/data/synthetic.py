@@ -1,4 +1,4 @@
-"""Random images and labels of CIFAR shape, for benchmarks and tests."""
+"""Random images and labels of CIFAR (or any square) shape, for benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def load_synthetic(num_classes: int = 100, num_train: int = 50_000, num_test: in
         num_classes: number of classes (>= 1).
         num_train, num_test: split sizes (>= 1).
         seed: the same seed always gives the same images and labels.
-        image_size: height and width.
+        image_size: height and width (32: CIFAR; 224: the ImageNet networks' input).
 
     Returns:
         ImageDataset "synthetic" with CIFAR-like augmentation defaults (flip, 4-pixel crop).

@@ -1,5 +1,15 @@
-"""ONE network definitions."""
+"""ONE network definitions: ``create_model(arch, ...)`` builds any of :data:`ARCHS`."""
 
+from .densenet import ONEDenseNetBC
+from .factory import ARCHS, ArchOption, ArchSpec, arch_defaults, check_arch_options, create_model
+from .imagenet import ONEImageNetResNet
+from .network import BranchedNetwork
 from .resnet import ONEResNet
+from .resnext import ONEResNeXt29
+from .wrn import ONEWideResNet
 
-__all__ = ["ONEResNet"]
+__all__ = [
+    "ARCHS", "ArchOption", "ArchSpec", "BranchedNetwork", "ONEDenseNetBC", "ONEImageNetResNet",
+    "ONEResNeXt29", "ONEResNet", "ONEWideResNet", "arch_defaults", "check_arch_options",
+    "create_model",
+]

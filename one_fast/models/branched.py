@@ -27,36 +27,55 @@ def split_branches(x: torch.Tensor, m: int) -> list[torch.Tensor]:
 class BranchedConv2d(nn.Module):
     """m independent k×k convolutions (no bias), stored as one grouped-conv weight.
 
+    Each branch's convolution may itself be grouped (``groups``, ResNeXt's cardinality): the
+    batched kernel then runs ``m * groups`` groups, branch i owning groups [i*g, (i+1)*g).
+
     Args:
         num_branches: m.
         in_channels: input channels *per branch*.
         out_channels: output channels per branch.
+        kernel_size: k (padding k // 2).
+        stride: the convolution's stride.
         shared_input: the input is one (N, in, H, W) tensor seen by every branch (the trunk
             output) rather than a branched (N, m*in, H, W) tensor.
+        groups: groups of each branch's own convolution.
     """
 
     def __init__(self, num_branches: int, in_channels: int, out_channels: int,
-                 kernel_size: int, stride: int = 1, shared_input: bool = False) -> None:
+                 kernel_size: int, stride: int = 1, shared_input: bool = False,
+                 groups: int = 1) -> None:
         super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"a convolution needs channels >= 1, got in_channels={in_channels}, "
+                             f"out_channels={out_channels}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
         self.num_branches = num_branches
         self.out_channels = out_channels
         self.stride = stride
         self.padding = kernel_size // 2
         self.shared_input = shared_input
-        self.weight = nn.Parameter(
-            torch.empty(num_branches * out_channels, in_channels, kernel_size, kernel_size))
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(
+            num_branches * out_channels, in_channels // groups, kernel_size, kernel_size))
         # He et al. / the ONE authors' init: N(0, 2 / (k*k*out)) with out per branch.
         fan_out = kernel_size * kernel_size * out_channels
         nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = 1 if self.shared_input else self.num_branches
-        return F.conv2d(x, self.weight, None, self.stride, self.padding, 1, groups)
+        m = self.num_branches
+        if self.shared_input and self.groups == 1:
+            # One dense conv of the shared input to m*out channels = the m branch convs.
+            return F.conv2d(x, self.weight, None, self.stride, self.padding)
+        if self.shared_input and m > 1:
+            x = x.repeat(1, m, 1, 1)  # grouped per branch: each branch needs its own copy
+        return F.conv2d(x, self.weight, None, self.stride, self.padding, 1, m * self.groups)
 
     def forward_branch(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Branch i alone: x is its (N, in, H, W) input (or the shared input)."""
         w = self.weight[i * self.out_channels:(i + 1) * self.out_channels]
-        return F.conv2d(x, w, None, self.stride, self.padding)
+        return F.conv2d(x, w, None, self.stride, self.padding, 1, self.groups)
 
 
 class BranchedBatchNorm2d(nn.BatchNorm2d):

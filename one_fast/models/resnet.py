@@ -1,16 +1,36 @@
-"""The ONE network: CIFAR ResNet trunk, m branch stacks batched as grouped convolutions, a gate."""
+"""Residual stages and the ONE CIFAR ResNet."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from .blocks import BLOCKS
-from .branched import BranchedBatchNorm2d, BranchedConv2d, BranchedLinear
+from .blocks import BLOCKS, Stem
+from .network import BranchedNetwork, StageBuilder
 
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
+
+
+def residual_stage(block: str, planes: int, stride: int, blocks: int,
+                   **block_options: int) -> StageBuilder:
+    """A stage of ``blocks`` residual blocks (the first with ``stride``) as a stage builder.
+
+    Args:
+        block: "basic" or "bottleneck".
+        planes: the block's planes (output channels = planes * expansion).
+        stride: stride of the stage's first block.
+        blocks: blocks in the stage.
+        block_options: passed to every block (``groups``, ``base_width`` of a bottleneck).
+    """
+    block_cls = BLOCKS[block]
+
+    def build(m: int, in_channels: int, shared_input: bool):
+        modules = []
+        for b in range(blocks):
+            modules.append(block_cls(m, in_channels, planes, stride if b == 0 else 1,
+                                     shared_input and b == 0, **block_options))
+            in_channels = planes * block_cls.expansion
+        return modules, in_channels
+
+    return build
 
 
 def blocks_per_stage(depth: int, block: str) -> int:
@@ -19,19 +39,19 @@ def blocks_per_stage(depth: int, block: str) -> int:
         raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
     layers_per_block = 2 if block == "basic" else 3
     step = 3 * layers_per_block
-    if not isinstance(depth, int) or depth < step + 2 or (depth - 2) % step:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < step + 2 \
+            or (depth - 2) % step:
         form = "6n+2 (20, 32, 44, 56, 110)" if block == "basic" else "9n+2 (e.g. 164)"
         raise ValueError(f"depth for block={block!r} must be {form}, got {depth!r}")
     return (depth - 2) // step
 
 
-class ONEResNet(nn.Module):
-    """ONE (On-the-fly Native Ensemble) ResNet for 32x32 images.
+class ONEResNet(BranchedNetwork):
+    """ONE (On-the-fly Native Ensemble) ResNet for 32x32 images (``create_model("resnet")``).
 
-    Stem conv and stages 1..``shared_stages`` form the shared trunk; every later stage plus global
-    average pooling and the classifier is replicated per branch. A gate on the trunk output
-    (global average pool -> Linear(channels, m) -> BatchNorm1d(m) -> ReLU -> softmax, as in the
-    authors' code) weights the branch logits into the ensemble teacher.
+    Stem (3x3 conv, BN, ReLU) and stages 1..``shared_stages`` form the shared trunk; every later
+    stage plus global average pooling and the classifier is replicated per branch, and the gate
+    reads the trunk output (see :class:`~one_fast.models.network.BranchedNetwork`).
 
     The m branch stacks run as one stack of grouped convolutions (m*channels wide, ``groups=m``),
     BatchNorm over the m*channels, and the m classifiers as one batched matmul: one kernel per
@@ -49,9 +69,11 @@ class ONEResNet(nn.Module):
         num_branches: m; 1 gives the plain baseline network.
         block: "basic" or "bottleneck".
         shared_stages: stages in the trunk: 2 is the paper's ONE; 1 and 0 the less-shared
-            ablations (the stem is always shared).
+            ablations.
         gate: learn the gate; False gives uniform 1/m weights (the "no gate" ablation).
         batched: run branches batched (True) or one after another (False).
+        share_stem: False makes the stem conv and BN per branch too (needs
+            ``shared_stages=0``): m fully independent networks.
 
     Returns (from ``forward(x)``, x of shape (N, 3, 32, 32)):
         ``(logits, gate)``: logits (N, m, num_classes); gate (N, m), rows summing to 1.
@@ -59,71 +81,11 @@ class ONEResNet(nn.Module):
 
     def __init__(self, depth: int = 32, num_classes: int = 100, num_branches: int = 3,
                  block: str = "basic", shared_stages: int = 2, gate: bool = True,
-                 batched: bool = True) -> None:
-        super().__init__()
+                 batched: bool = True, share_stem: bool = True) -> None:
         n = blocks_per_stage(depth, block)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not isinstance(num_branches, int) or num_branches < 1:
-            raise ValueError(f"num_branches must be a positive int, got {num_branches!r}")
-        if shared_stages not in (0, 1, 2):
-            raise ValueError(f"shared_stages must be 0, 1 or 2, got {shared_stages!r}")
-        block_cls = BLOCKS[block]
-        self.num_branches = num_branches
-        self.num_classes = num_classes
-        self.batched = batched
-
-        self.stem_conv = BranchedConv2d(1, 3, STAGE_WIDTHS[0], 3)
-        self.stem_bn = BranchedBatchNorm2d(1, STAGE_WIDTHS[0])
-        channels = STAGE_WIDTHS[0]
-        trunk: list[nn.Module] = []
-        branch: list[nn.Module] = []
-        for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, strict=True)):
-            shared = stage < shared_stages
-            m = 1 if shared else num_branches
-            for b in range(n):
-                first_branched = not shared and not branch
-                layer = block_cls(m, channels, width, stride if b == 0 else 1, first_branched)
-                (trunk if shared else branch).append(layer)
-                channels = width * block_cls.expansion
-            if stage == shared_stages - 1:
-                self.trunk_channels = channels
-        if shared_stages == 0:
-            self.trunk_channels = STAGE_WIDTHS[0]
-        self.trunk = nn.Sequential(*trunk)
-        self.branches = nn.ModuleList(branch)
-        self.classifier = BranchedLinear(num_branches, channels, num_classes)
-
-        self.gate_fc: nn.Linear | None = None
-        self.gate_bn: nn.BatchNorm1d | None = None
-        if gate and num_branches > 1:
-            self.gate_fc = nn.Linear(self.trunk_channels, num_branches)
-            self.gate_bn = nn.BatchNorm1d(num_branches)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = self.trunk(F.relu(self.stem_bn(self.stem_conv(x))))
-        gate = self._gate(shared)
-        if self.batched:
-            out = shared
-            for layer in self.branches:
-                out = layer(out)
-            logits = self.classifier(out.mean((2, 3)))  # (N, m, K)
-        else:
-            logits = torch.stack([self._branch(shared, i) for i in range(self.num_branches)], 1)
-            for module in self.branches.modules():
-                if isinstance(module, BranchedBatchNorm2d):
-                    module.count_batch()
-        return logits, gate
-
-    def _branch(self, shared: torch.Tensor, i: int) -> torch.Tensor:
-        out = shared
-        for layer in self.branches:
-            out = layer.forward_branch(out, i)
-        return self.classifier.forward_branch(out.mean((2, 3)), i)
-
-    def _gate(self, shared: torch.Tensor) -> torch.Tensor:
-        n, m = shared.shape[0], self.num_branches
-        if self.gate_fc is None:
-            return shared.new_full((n, m), 1.0 / m)
-        g = F.relu(self.gate_bn(self.gate_fc(shared.mean((2, 3)))))
-        return F.softmax(g, dim=1)
+        super().__init__(
+            stem=lambda m: (Stem(m, STAGE_WIDTHS[0]), STAGE_WIDTHS[0]),
+            stages=[residual_stage(block, width, stride, n)
+                    for width, stride in zip(STAGE_WIDTHS, STAGE_STRIDES, strict=True)],
+            head=None, num_classes=num_classes, num_branches=num_branches,
+            shared_stages=shared_stages, share_stem=share_stem, gate=gate, batched=batched)
