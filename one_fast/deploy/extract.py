@@ -110,10 +110,10 @@ def extract_branch(model: BranchedNetwork, i: int) -> PlainNetwork:
     Raises:
         ValueError: ``i`` out of range, or a model that does not record its arch.
     """
-    plain = plain_network(model)
     state = model.branch_state_dict(i)  # validates i
+    reference = next(model.parameters())
+    plain = plain_network(model).to(device=reference.device, dtype=reference.dtype)
     plain.load_state_dict(state, strict=True)
-    plain.to(next(model.parameters()).device)
     return PlainNetwork(plain, "member")
 
 
