@@ -176,5 +176,6 @@ setup(
         ],
         "tensorboard": ["tensorboard"],
         "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # export --format onnx, and running it
     },
 )

@@ -17,9 +17,11 @@ The batch dimension is dynamic in pt2, ONNX and TorchScript alike.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +89,16 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
+@contextlib.contextmanager
+def _torchscript():
+    """TorchScript is only written when asked for by name; torch's deprecation notice on every
+    jit call would only repeat that pt2 (the default) is its successor."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated",
+                                category=DeprecationWarning)
+        yield
+
+
 def _batch_dim():
     return {"x": {0: torch.export.Dim("batch", min=1)}}
 
@@ -97,9 +109,9 @@ def _serialise(module: PlainNetwork, fmt: str, example: torch.Tensor, meta_text:
         program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim())
         torch.export.save(program, buffer, extra_files={META_NAME: meta_text})
     elif fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), _torchscript():
             traced = torch.jit.trace(module, example)
-        torch.jit.save(traced, buffer, _extra_files={META_NAME: meta_text})
+            torch.jit.save(traced, buffer, _extra_files={META_NAME: meta_text})
     elif fmt == "state_dict":
         torch.save({"format": STATE_DICT_FORMAT, "state_dict": module.state_dict(),
                     "meta": meta_text}, buffer)
@@ -156,7 +168,8 @@ def load_exported_bytes(data: bytes, where: str = "<bytes>") -> ExportedModel:
         meta_text, run = extra[META_NAME], program.module()
     elif fmt == "torchscript":
         extra = {META_NAME: ""}
-        run = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
+        with _torchscript():
+            run = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
         run.eval()
         meta_text = extra[META_NAME]
     elif fmt == "state_dict":

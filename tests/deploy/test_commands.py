@@ -176,3 +176,25 @@ def test_predict_bad_inputs(student_file, tmp_path, capsys):
           "no such input file")
     fails(predict_command.main, [str(student_file), str(small), "--top-k", "11"], capsys,
           "--top-k must be in 1..10")
+
+
+@pytest.mark.slow
+def test_the_documented_commands_from_a_shell(trained_run, loaded, tmp_path):
+    """evaluate -> export -> predict as a user types them (fresh interpreters)."""
+    import subprocess
+    import sys
+
+    def command(*argv):
+        done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "equal to the run's last metrics.jsonl test record" in command(
+        "one_fast.evaluate", str(trained_run))
+    student = tmp_path / "student.pt2"
+    assert "checked against the in-memory model" in command(
+        "one_fast.export", str(trained_run), "--out", str(student))
+    paths = write_digits(loaded, tmp_path, n=2)
+    out = command("one_fast.predict", str(student), *paths, "--top-k", "1")
+    assert "digit0.png: " in out and "digit1.png: " in out
