@@ -3,7 +3,8 @@
 Loads the run's checkpoint and config, evaluates with the trainer's own evaluator on the test
 (or train) split, and prints the accuracies; on the test split with the run's settings they
 equal the last test record of the run's ``metrics.jsonl`` (the command says whether they do).
-``--per-class`` adds per-class accuracy, ``--json`` prints one JSON object instead.
+``--per-class`` adds per-class accuracy, ``--loss`` the method's loss terms, ``--json`` prints
+one JSON object instead.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import sys
 import torch
 
 from .data import DatasetNotFoundError, DeviceLoader
+from .engine.breakdown import mean_loss_terms, per_class_accuracy
 from .engine.checkpoint import CheckpointError
-from .engine.class_accuracy import per_class_accuracy
 from .engine.evaluate import Evaluator
 from .engine.metrics import read_metrics
 from .engine.runs import LoadedRun, load_run
+from .engine.schedule import kl_weight
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per batch (default: the run's --batch-size)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--per-class", action="store_true", help="also per-class accuracy")
+    parser.add_argument("--loss", action="store_true",
+                        help="also the method's loss terms (mean per image, the last epoch's "
+                             "distillation weight)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -79,13 +84,15 @@ def last_test_record(run_dir) -> dict | None:
 
 
 def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = None,
-                 device: torch.device | str = "cpu", per_class: bool = False) -> dict:
+                 device: torch.device | str = "cpu", per_class: bool = False,
+                 loss: bool = False) -> dict:
     """Evaluate a loaded run; the record the command prints (see ``--json``).
 
     Returns:
         ``{"run_dir", "epoch", "split", "images", "accuracy": {name: fraction},
         "recorded": {name: fraction} | None, "matches_recorded": bool | None,
-        "per_class": {name: [fraction | None per class]} (with per_class)}``.
+        "per_class": {name: [fraction | None per class]}, "class_names" (with per_class),
+        "loss_terms": {term: mean}, "kl_weight" (with loss)}``.
     """
     device = torch.device(device)
     batch_size = batch_size or run.config.batch_size
@@ -107,6 +114,11 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
         result["per_class"] = per_class_accuracy(run.model, run.method,
                                                  run.inputs.num_classes, loader.eval_batches())
         result["class_names"] = [run.inputs.class_name(k) for k in range(run.inputs.num_classes)]
+    if loss:
+        weight = kl_weight(max(run.epoch - 1, 0), run.config.kl_weight, run.config.rampup)
+        result["kl_weight"] = weight
+        result["loss_terms"] = mean_loss_terms(run.model, run.method, loader.eval_batches(),
+                                               weight)
     return result
 
 
@@ -120,6 +132,9 @@ def format_result(result: dict) -> str:
     elif result["matches_recorded"] is False:
         lines.append(f"differs from the run's last metrics.jsonl test record "
                      f"{result['recorded']} (another device, precision or code version?)")
+    if "loss_terms" in result:
+        terms = ", ".join(f"{name} {value:.4f}" for name, value in result["loss_terms"].items())
+        lines.append(f"loss terms (distillation weight {result['kl_weight']:g}): {terms}")
     if "per_class" in result:
         names = list(result["per_class"])
         lines.append("per class: " + " ".join(f"{n:>9}" for n in names))
@@ -136,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = _device(args.device)
         run = load_run(args.run_dir, device, data_dir=args.data_dir)
-        result = evaluate_run(run, args.split, args.batch_size, device, args.per_class)
+        result = evaluate_run(run, args.split, args.batch_size, device, args.per_class,
+                              args.loss)
     except (ValueError, FileNotFoundError, CheckpointError, DatasetNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -198,3 +198,22 @@ def test_the_documented_commands_from_a_shell(trained_run, loaded, tmp_path):
     paths = write_digits(loaded, tmp_path, n=2)
     out = command("one_fast.predict", str(student), *paths, "--top-k", "1")
     assert "digit0.png: " in out and "digit1.png: " in out
+
+
+def test_evaluate_loss_terms(trained_run, loaded, capsys):
+    result = run_json(evaluate_command.main, [str(trained_run), "--loss"], capsys)
+    terms, w = result["loss_terms"], result["kl_weight"]
+    assert list(terms) == ["loss", "ce_branches", "ce_ensemble", "kl"]
+    assert w == loaded.config.kl_weight  # no ramp-up in this run
+    assert terms["loss"] == pytest.approx(
+        terms["ce_branches"] + terms["ce_ensemble"] + w * 3.0 ** 2 * terms["kl"], rel=1e-5)
+    x = loaded.inputs.normalize(loaded.dataset.test_images)
+    with torch.no_grad():
+        logits, gate = loaded.model(x)
+    logits, gate = logits.double(), gate.double()
+    y = loaded.dataset.test_labels
+    ensemble = torch.einsum("nm,nmc->nc", gate, logits)
+    ce_ensemble = torch.nn.functional.cross_entropy(ensemble, y)
+    ce_branches = sum(torch.nn.functional.cross_entropy(logits[:, i], y) for i in range(3))
+    assert terms["ce_ensemble"] == pytest.approx(float(ce_ensemble), rel=1e-5)
+    assert terms["ce_branches"] == pytest.approx(float(ce_branches), rel=1e-5)

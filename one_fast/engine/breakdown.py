@@ -1,4 +1,4 @@
-"""Top-1 accuracy per class, for every member and the method's ensemble."""
+"""What evaluation adds on request: accuracy per class, and the loss terms on a held-out split."""
 
 from __future__ import annotations
 
@@ -49,3 +49,34 @@ def per_class_accuracy(model: nn.Module, method: Method, num_classes: int,
     totals = seen.tolist()
     return {name: [c / n if n else None for c, n in zip(row, totals, strict=True)]
             for name, row in zip(names, correct.tolist(), strict=True)}
+
+
+@torch.no_grad()
+def mean_loss_terms(model: nn.Module, method: Method,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    kl_weight: float) -> dict[str, float]:
+    """The method's loss terms averaged over every image of ``batches``, in eval mode.
+
+    Args:
+        model: the multi-branch network.
+        method: the training method (its ``loss`` and ``term_names``).
+        batches: (images, labels) batches.
+        kl_weight: weight of the distillation term (the run's last scheduled value).
+
+    Returns:
+        ``{term name: mean over images}`` (the first is "loss").
+    """
+    was_training = model.training
+    model.eval()
+    sums: torch.Tensor | None = None
+    images = 0
+    for x, y in batches:
+        terms = method.loss(model(x), y, kl_weight).terms
+        batch = torch.stack([terms[name].double() for name in method.term_names]) * len(y)
+        sums = batch if sums is None else sums + batch
+        images += len(y)
+    model.train(was_training)
+    if sums is None:
+        raise ValueError("loss evaluation got no batches")
+    return {name: value / images for name, value in zip(method.term_names, sums.tolist(),
+                                                        strict=True)}
