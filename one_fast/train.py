@@ -9,7 +9,6 @@ logs and checkpoints.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass
@@ -195,8 +194,12 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
         ValueError: bad settings or an unusable run folder, naming the flag.
     """
     validate_config(config)
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    if config.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install "
+                             "tensorboard (or drop --tensorboard)") from None
     dist = distributed.init_distributed(config.device)
     try:
         if dist.is_main:

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import native, reference
 from .terms import ONELossTerms, RowTerms, reduce_terms
-from .validation import validate_one_loss_args
+from .validation import validate_gate_values, validate_one_loss_args, validate_options
 
 if importlib.util.find_spec("triton") is not None:
     from . import triton as triton_backend
@@ -109,11 +109,15 @@ def one_loss(
 
     Args:
         logits: (N, m, C) branch logits, float32/bfloat16/float16 (float64 for gradchecks).
-        gate: (N, m) gate weights, rows summing to 1 (e.g. ``ONEResNet``'s second output).
+        gate: (N, m) gate weights: finite, non-negative, rows summing to 1 (e.g. ``ONEResNet``'s
+            second output, a softmax). Checked on the CPU; on CUDA this is the caller's contract
+            (checking would synchronise with the device every call).
         target: (N,) integer labels in [0, C), or ``ignore_index``.
-        temperature: T > 0 of the softened distributions in the KL terms.
-        kl_weight: weight of the KL terms; a Python number or a 1-element tensor (a tensor lets a
-            ramp-up change it without recompiling a compiled step).
+        temperature: T > 0 of the softened distributions in the KL terms (a Python or NumPy
+            number).
+        kl_weight: weight >= 0 of the KL terms; a number or a 1-element tensor (a tensor lets a
+            ramp-up change it without recompiling a compiled step; its value is checked on the
+            CPU only, see :func:`~one_fast.loss.validation.validate_options`).
         detach_teacher: if True (the ONE authors' code), the KL terms do not backpropagate into
             the teacher z_e (nor the gate); if False they do.
         ignore_index: rows with this target contribute 0 and are not counted by "mean".
@@ -126,15 +130,21 @@ def one_loss(
         ``return_terms``.
     """
     validate_one_loss_args(logits, gate, target, temperature, kl_weight, ignore_index, reduction)
+    validate_gate_values(gate)
+    if not isinstance(kl_weight, torch.Tensor):
+        kl_weight = float(kl_weight)  # NumPy scalars too
     row_terms = resolve_backend(backend, logits.device, logits.shape[1])
     rows = row_terms(logits, gate, target, float(temperature), kl_weight, bool(detach_teacher),
-                     ignore_index)
+                     int(ignore_index))
     terms = reduce_terms(rows, reduction)
     return terms if return_terms else terms.loss
 
 
 class ONELoss(nn.Module):
     """Module form of :func:`one_loss`, to drop into any PyTorch training loop.
+
+    The settings are checked here, at construction (``ONELoss(temperature=0)`` raises), with the
+    same errors :func:`one_loss` gives.
 
     Example::
 
@@ -153,7 +163,11 @@ class ONELoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.temperature = temperature
+        validate_options(temperature, 1.0, reduction, ignore_index)
+        if backend != "auto" and backend not in _BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {sorted(_BACKENDS)}, "
+                             f"got {backend!r}")
+        self.temperature = float(temperature)
         self.detach_teacher = detach_teacher
         self.ignore_index = ignore_index
         self.reduction = reduction
