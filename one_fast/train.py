@@ -38,7 +38,7 @@ from .engine.rng import capture_rng_state, restore_rng_state
 from .engine.run_folder import prepare_run_folder
 from .engine.schedule import kl_weight, learning_rate
 from .engine.step import NonFiniteLossError, TrainStep
-from .loss import available_backends, native, one_loss
+from .loss import FUSED_MAX_TEMPERATURE, available_backends, native, one_loss
 from .models import ONEResNet
 
 PROGRESS_EVERY = 25  # steps between the (synchronising) reads of the running loss
@@ -104,6 +104,10 @@ def native_unavailable_reason() -> str:
 def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]:
     """The fused backend --fused runs on ``device``, and a note when it is not the CUDA kernel."""
     m = config.num_branches
+    if config.temperature > FUSED_MAX_TEMPERATURE:
+        return "reference", (f"--fused: the fused kernels are not accurate in float32 at "
+                             f"--temperature above {FUSED_MAX_TEMPERATURE:g}; using the "
+                             "reference loss (cancellation-free KL)")
     fused = [name for name in available_backends(device) if name != "reference"]
     fits = [name for name in fused if name != "native" or m <= native.MAX_BRANCHES]
     too_many = (f"the native kernel takes at most {native.MAX_BRANCHES} branches, "
