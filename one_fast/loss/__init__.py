@@ -215,4 +215,5 @@ class ONELoss(nn.Module):
                 f"backend={self.backend!r}")
 
 
-__all__ = ["FUSED_MAX_TEMPERATURE", "ONELoss", "ONELossTerms", "RowTerms", "available_backends", "one_loss"]
+__all__ = ["FUSED_MAX_TEMPERATURE", "ONELoss", "ONELossTerms", "RowTerms", "available_backends",
+           "one_loss"]
