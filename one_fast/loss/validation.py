@@ -105,7 +105,7 @@ def validate_options(
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"kl_weight must be finite and >= 0, got tensor({value})")
     elif not _is_number(kl_weight) or not math.isfinite(kl_weight) or kl_weight < 0:
-        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+        raise ValueError(f"kl_weight must be finite and >= 0, got {kl_weight!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
