@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from one_fast.loss import FUSED_MAX_TEMPERATURE, ONELoss, available_backends, one_loss
+from one_fast.loss import (
+    FUSED_MAX_TEMPERATURE,
+    ONELoss,
+    available_backends,
+    one_loss,
+    resolve_backend,
+)
 from one_fast.loss import reference as reference_backend
-from one_fast.loss import resolve_backend
 
 from .helpers import make_inputs
 from .independent import independent_one_loss
