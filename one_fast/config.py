@@ -362,6 +362,10 @@ def config_from_flags(given: dict[str, object],
         values["out_dir"] = run_dir_of(str(given["resume"]))
     config = TrainConfig(**values)
     validate_config(config)
+    if config.rampup > config.epochs:
+        notes.append(f"warning: --rampup {config.rampup} is longer than --epochs "
+                     f"{config.epochs}: the KL weight never reaches --kl-weight "
+                     f"{config.kl_weight:g}")
     return config, notes
 
 

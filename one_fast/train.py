@@ -397,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         config, notes = config_for(given)
         run(config, notes)
     except RunStopped as err:
-        print(err, file=sys.stderr)
-        return 130 if str(err).startswith("interrupted") else 1
+        interrupted = str(err).startswith("interrupted")
+        print(err if interrupted else f"error: {err}", file=sys.stderr)
+        return 130 if interrupted else 1
     except KeyboardInterrupt:  # before training started: nothing was written
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         return 130

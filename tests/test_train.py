@@ -18,6 +18,8 @@ from one_fast.config import TrainConfig, config_from_args
 from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from one_fast.engine.step import NonFiniteLossError
 
+from .full_disk import fill_disk_after
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -219,7 +221,7 @@ def main_error(capsys, *args: str) -> str:
     return err[0]
 
 
-def test_unusable_out_dir_is_one_line(tmp_path, capsys):
+def test_unusable_out_dir_is_one_line(tmp_path, capsys, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")
     line = main_error(capsys, "--out-dir", str(afile), *TINY)
@@ -228,8 +230,15 @@ def test_unusable_out_dir_is_one_line(tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
+        if os.access(locked, os.W_OK):  # root: permissions are not enforced, so refuse writes
+            import errno
+            import tempfile
+
+            def refuse(*args, **kwargs):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+            (locked / "run").mkdir()
+            monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
         line = main_error(capsys, "--out-dir", str(locked / "run"), *TINY)
         assert f"--out-dir {locked / 'run'}: cannot write there (Permission denied)" in line
     finally:
@@ -260,47 +269,16 @@ def test_download_without_network_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_full_disk_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     """ENOSPC while writing epoch 2's checkpoint: one line, epoch 1's checkpoint intact."""
-    import errno
-
-    from one_fast import files
-
     run_dir = tmp_path / "run"
     assert train.main(["--epochs", "1", "--out-dir", str(run_dir), *TINY]) == 0
     before = (run_dir / "checkpoint.pt").read_bytes()
     capsys.readouterr()
-
-    real_fdopen = files.os.fdopen
-
-    class FullDisk:
-        """The temp file of a checkpoint, on a disk that fills up after 4 KiB."""
-
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            if self.f.tell() + len(data) > 4096:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return self.f.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-        return FullDisk(f) if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}") else f
-
-    monkeypatch.setattr(files.os, "fdopen", fdopen)
-    assert train.main(["--resume", str(run_dir), "--epochs", "2"]) == 1
+    fill_disk_after(monkeypatch, 4096, ".checkpoint.pt.")
+    assert train.main(["--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert f"could not write the checkpoint of epoch 2 to {run_dir} (No space left on device)" \
-        in err[0]
+    assert err[0].startswith(f"error: could not write the checkpoint of epoch 2 to {run_dir} "
+                             "(No space left on device)")
     assert f"holds epoch 1 of 2; continue with: python -m one_fast.train --resume {run_dir}" \
         in err[0]
     assert (run_dir / "checkpoint.pt").read_bytes() == before

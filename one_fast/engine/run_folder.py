@@ -101,6 +101,9 @@ def prepare_run_folder(out_dir: str | os.PathLike, *, resume: str | None,
         if resumed is not None and resumed.suffix == ".pt":
             resumed = resumed.parent
         continuing = resumed is not None and resumed.resolve() == folder.resolve()
+        if continuing and overwrite:
+            raise RunFolderError(f"--overwrite would delete the run --resume {resume} continues; "
+                                 "drop one of the two")
         if not continuing:
             if not overwrite:
                 raise RunFolderError(
