@@ -40,6 +40,7 @@ from .engine.schedule import kl_weight, learning_rate
 from .engine.step import NonFiniteLossError, TrainStep
 from .loss import FUSED_MAX_TEMPERATURE, available_backends, native, one_loss
 from .models import ONEResNet
+from .models.resnet import blocks_per_stage
 
 PROGRESS_EVERY = 25  # steps between the (synchronising) reads of the running loss
 # How to get the native kernel when it is missing (said by --fused, and by setup.py at build).
@@ -177,7 +178,10 @@ def config_for(given: dict[str, object]) -> tuple[TrainConfig, list[str]]:
     """
     if not given.get("resume"):
         return config_from_flags(given)
-    stored = load_checkpoint(str(given["resume"]))["config"]
+    try:
+        stored = load_checkpoint(str(given["resume"]))["config"]
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--resume {given['resume']}: {err}") from None
     defaults = config_to_dict(TrainConfig())
     base = {**defaults, **{k: v for k, v in stored.items()
                            if k in defaults and k not in INVOCATION_FIELDS}}
@@ -198,6 +202,11 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
         ValueError: bad settings or an unusable run folder, naming the flag.
     """
     validate_config(config)
+    try:
+        blocks_per_stage(config.depth, config.block)
+    except ValueError as err:
+        raise ValueError(f"--depth {config.depth} does not fit --block {config.block}: "
+                         f"{err}") from None
     if config.tensorboard:
         try:
             import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)

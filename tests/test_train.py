@@ -110,6 +110,8 @@ def test_bad_flags_name_the_flag(tmp_path):
         train.run(quick(tmp_path, epochs=0))
     with pytest.raises(ValueError, match="--batch-size 5000 is larger than the training set"):
         train.run(quick(tmp_path, batch_size=5000))
+    with pytest.raises(ValueError, match="--depth 9 does not fit --block basic: .* 6n\\+2"):
+        train.run(quick(tmp_path, depth=9))
     with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device"):
         train.run(quick(tmp_path, cuda_graphs=True))
     with pytest.raises(ValueError, match="--amp must be one of bf16, none"):
@@ -284,6 +286,11 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     assert (run_dir / "checkpoint.pt").read_bytes() == before
     assert load_checkpoint(run_dir)["epoch"] == 1
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resuming_nothing_names_the_flag(tmp_path, capsys):
+    line = main_error(capsys, "--resume", str(tmp_path / "nope"))
+    assert line == f"error: --resume {tmp_path / 'nope'}: no checkpoint at {tmp_path / 'nope'}"
 
 
 def test_resuming_a_finished_run_says_how_to_extend_it(tmp_path, capsys):
