@@ -192,7 +192,7 @@ def field_comments() -> dict[str, str]:
         elif ":" in text and not text.startswith(("class", '"""', "@")) and pending:
             comments[text.split(":")[0]] = " ".join(pending)
             pending = []
-        elif not text.startswith(('"', "choices=")) or not text:
+        else:
             pending = []
     return comments
 

@@ -312,7 +312,7 @@ def test_ctrl_c_saves_plots_and_says_how_to_resume(tmp_path):
         stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:  # wait until an epoch has finished (and been checkpointed)
-            if line.startswith("epoch 2/200"):
+            if line.split()[:2] == ["epoch", "2/200"]:
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
