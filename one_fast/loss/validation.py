@@ -92,7 +92,7 @@ def validate_options(
         TypeError, ValueError: naming the argument.
     """
     if not _is_number(temperature):
-        raise TypeError(f"temperature must be a Python or NumPy number, got "
+        raise TypeError(f"temperature must be a Python number (or NumPy scalar), got "
                         f"{type(temperature).__name__}")
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")

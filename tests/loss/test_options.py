@@ -23,7 +23,7 @@ from .independent import independent_one_loss
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(temperature=0), ValueError, "temperature must be finite and > 0"),
     (dict(temperature=float("nan")), ValueError, "temperature"),
-    (dict(temperature="3"), TypeError, "temperature must be a Python or NumPy number"),
+    (dict(temperature="3"), TypeError, "temperature must be a Python number"),
     (dict(reduction="foo"), ValueError, "reduction must be one of"),
     (dict(backend="cuda-magic"), ValueError, "backend must be 'auto' or one of"),
     (dict(ignore_index=1.5), TypeError, "ignore_index must be an int"),
