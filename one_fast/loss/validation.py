@@ -119,7 +119,11 @@ def gate_tolerance(num_branches: int) -> float:
 
 
 def validate_gate_values(gate: torch.Tensor) -> None:
-    """Check the gate's values: finite, non-negative, every row summing to 1 (within rounding).
+    """Check the gate's values: every finite row non-negative and summing to 1 (within rounding).
+
+    A row holding NaN or inf is let through, like non-finite logits: it comes from a diverged
+    network, gives a NaN loss, and a trainer must see it as that (the step's non-finite-loss
+    check stops training and keeps the last checkpoint), not as a bad argument.
 
     Runs only where it costs no host synchronisation: CPU tensors, outside torch.compile
     tracing. On CUDA a valid gate (e.g. a softmax, as ``ONEResNet`` returns) is the caller's
@@ -135,11 +139,11 @@ def validate_gate_values(gate: torch.Tensor) -> None:
         return
     g = gate.detach().to(torch.float64)
     tol = gate_tolerance(gate.shape[1])
-    bad = ~torch.isfinite(g).all(1) | (g < 0).any(1) | ((g.sum(1) - 1).abs() > tol)
+    bad = torch.isfinite(g).all(1) & ((g < 0).any(1) | ((g.sum(1) - 1).abs() > tol))
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise ValueError(
-            f"gate rows must be finite, non-negative and sum to 1 (within {tol:.2g}); row {row} "
+            f"gate rows must be non-negative and sum to 1 (within {tol:.2g}); row {row} "
             f"is {g[row].tolist()} (sum {float(g[row].sum()):.6g}): pass softmax weights")
 
 

@@ -49,18 +49,22 @@ def test_nan_or_negative_kl_weight_is_refused(kl_weight):
         one_loss(*make_inputs(4, 3, 5), kl_weight=kl_weight)
 
 
-@pytest.mark.parametrize("spoil,what", [
-    (lambda g: g * 2, "sum 2"),                       # unnormalised
-    (lambda g: g - g.mean(1, keepdim=True), "sum"),   # negative entries, sum 0
-    (lambda g: torch.where(g > 0.5, float("nan"), g), "nan"),
+@pytest.mark.parametrize("spoil", [
+    lambda g: g * 2,                       # unnormalised
+    lambda g: g - g.mean(1, keepdim=True),  # negative entries, sum 0
 ])
-def test_gate_values_are_checked_on_the_cpu(spoil, what):
+def test_gate_values_are_checked_on_the_cpu(spoil):
     logits, gate, target = make_inputs(5, 3, 4, ignore="none")
-    bad = spoil(gate.detach())
-    if what == "nan":
-        bad[2, 0] = float("nan")
-    with pytest.raises(ValueError, match="gate rows must be finite, non-negative and sum to 1"):
-        one_loss(logits, bad, target)
+    with pytest.raises(ValueError, match="gate rows must be non-negative and sum to 1"):
+        one_loss(logits, spoil(gate.detach()), target)
+
+
+def test_non_finite_gate_gives_a_nan_loss_like_non_finite_logits():
+    """A diverged network's NaN gate is not an argument error: the trainer must see NaN."""
+    logits, gate, target = make_inputs(5, 3, 4, ignore="none")
+    bad = gate.detach().clone()
+    bad[2, 0] = float("nan")
+    assert torch.isnan(one_loss(logits, bad, target))
 
 
 def test_gate_rounded_to_bfloat16_passes():
