@@ -50,8 +50,9 @@ _MAX_BRANCHES: dict[str, int] = {"native": native.MAX_BRANCHES}
 # in one pass as a difference of log-sum-exps, whose float32 rounding (~eps * max|z| / T) does
 # not shrink with the KL (~Var(z) / T^2): measured relative KL error for logits ~ N(0, 2^2),
 # C = 100, float32, 2026-11-28: 6e-7 at T = 10, 4e-5 at T = 100, 3e-4 at T = 1e3, 0.1 at
-# T = 1e4. The reference computes the KL cancellation-free (reference.softened_kl: <= 1e-7 at
-# every T up to 1e5), so "auto" uses it above this temperature.
+# T = 1e4. The reference computes the KL cancellation-free above T = 10
+# (reference.softened_kl: <= 1e-7 at every T up to 1e5), so "auto" uses it above this
+# temperature.
 FUSED_MAX_TEMPERATURE = 100.0
 # Extra condition for "auto" to pick a backend (it can run elsewhere when named explicitly):
 # the Triton interpreter runs on the CPU, but far slower than the reference.
