@@ -10,15 +10,18 @@ from one_fast.methods import create_method
 from one_fast.models import ARCHS, ONEResNet, create_model
 
 # arch -> (small options, image size); the ImageNet archs at their real width (m = 2 keeps them
-# cheap: only their last stage is per branch) on small images.
+# cheap: only their last stage is per branch) on 16x16 images (their last stage runs at 1x1).
 SMALL = {
     "resnet": (dict(depth=8), 16),
     "wrn": (dict(depth=10, width=2), 16),
     "resnext29": (dict(depth=11, cardinality=2, base_width=4, widen_factor=1), 16),
     "densenet_bc": (dict(depth=10, growth_rate=4), 16),
-    "resnet18": ({}, 32),
-    "resnext50_32x4d": ({}, 32),
+    "resnet18": ({}, 16),
+    "resnext50_32x4d": ({}, 16),
 }
+IMAGENET = ("resnet18", "resnext50_32x4d")
+ARCH_CASES = [pytest.param(arch, marks=pytest.mark.slow) if arch in IMAGENET else arch
+              for arch in SMALL]
 
 
 def test_every_arch_is_covered():
@@ -30,8 +33,7 @@ def warmed(model: torch.nn.Module, size: int) -> torch.nn.Module:
     eval-mode outputs then depend on every buffer being carried over."""
     model.train()
     with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(4, 3, size, size) * 2 + 0.5)
+        model(torch.randn(4, 3, size, size) * 2 + 0.5)
     return model.eval()
 
 
@@ -43,12 +45,16 @@ def params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("arch", list(SMALL))
+@pytest.mark.parametrize("arch", ARCH_CASES)
 def test_branch_equals_its_column_and_is_the_plain_network(arch):
     size = SMALL[arch][1]
-    m = 2 if arch in ("resnet18", "resnext50_32x4d") else 3
-    model = warmed(build(arch, m), size).double()
-    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    imagenet = arch in IMAGENET
+    m = 2 if imagenet else 3
+    # float64 where it is cheap (exact up to summation order); the ImageNet archs' float64
+    # grouped convolutions take tens of seconds on a CPU, so they are checked in float32.
+    dtype, tolerance = (torch.float32, 1e-5) if imagenet else (torch.float64, 1e-12)
+    model = warmed(build(arch, m), size).to(dtype)
+    x = torch.randn(3, 3, size, size, dtype=dtype)
     with torch.no_grad():
         logits, gate = model(x)
     plain = build(arch, 1)
@@ -58,7 +64,7 @@ def test_branch_equals_its_column_and_is_the_plain_network(arch):
         with torch.no_grad():
             out = student(x)
         assert out.shape == (3, 7)
-        torch.testing.assert_close(out, logits[:, i], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out, logits[:, i], rtol=tolerance, atol=tolerance)
         assert params(student) == params(plain)
         assert student.network.gate_fc is None  # no gate
         plain.load_state_dict(student.state_dict(), strict=True)
@@ -69,7 +75,7 @@ def test_branch_equals_its_column_and_is_the_plain_network(arch):
     ensemble = extract_ensemble(model)
     with torch.no_grad():
         expected = (gate[:, :, None] * logits).sum(1)  # ONE-E: sum_i g_i z_i
-        torch.testing.assert_close(ensemble(x).double(), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ensemble(x).to(dtype), expected, rtol=1e-5, atol=1e-5)
     model.load_state_dict(ensemble.state_dict(), strict=True)
 
 
