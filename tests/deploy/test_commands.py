@@ -217,3 +217,25 @@ def test_evaluate_loss_terms(trained_run, loaded, capsys):
     ce_branches = sum(torch.nn.functional.cross_entropy(logits[:, i], y) for i in range(3))
     assert terms["ce_ensemble"] == pytest.approx(float(ce_ensemble), rel=1e-5)
     assert terms["ce_branches"] == pytest.approx(float(ce_branches), rel=1e-5)
+
+
+def test_a_run_folder_with_inputs_json_needs_no_dataset(trained_run, loaded, tmp_path, capsys,
+                                                        monkeypatch):
+    import dataclasses
+    import shutil
+
+    from one_fast.deploy import save_input_spec
+    from one_fast.engine import runs
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    names = tuple(f"digit-{d}" for d in range(10))
+    save_input_spec(copy, dataclasses.replace(loaded.inputs, class_names=names))
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(runs, "load_dataset", no_dataset)
+    paths = write_digits(loaded, tmp_path, n=1)
+    result = run_json(predict_command.main, [str(copy), *paths, "--top-k", "1"], capsys)
+    assert result["predictions"][0]["top"][0]["name"].startswith("digit-")
