@@ -55,6 +55,12 @@ class PlainNetwork(nn.Module):
         network.batched = True
         self.eval()
 
+    def train(self, mode: bool = True) -> PlainNetwork:
+        """Set train/eval mode; the wrapped network's own flag follows (its modules are ours)."""
+        super().train(mode)
+        self.network.training = mode
+        return self
+
     @property
     def num_classes(self) -> int:
         """C, the number of logits per image."""

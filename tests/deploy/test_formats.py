@@ -75,6 +75,7 @@ def test_description(network):
     assert meta["params"] == sum(p.numel() for p in create_model(
         "resnet", num_classes=6, num_branches=1, depth=8).parameters())
     assert meta["flops_per_image"] > 0 and meta["output"] == "logits"
+    assert not any(module.training for module in (student, student.network, *student.modules()))
     averaged = describe(extract_ensemble(network, "dml"), "ensemble", create_method("dml"),
                         SPEC)
     assert averaged["output"] == "log_probabilities" and averaged["num_branches"] == 3
