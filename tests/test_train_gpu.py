@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from one_fast import ONEResNet, one_loss, train
+from one_fast import ONEResNet, train
 from one_fast.config import config_from_args
 from one_fast.engine.step import WARMUP_STEPS, TrainStep
+from one_fast.methods import ONEMethod
 from tests.host_reads import HostReadCounter
 
 pytestmark = [
@@ -31,8 +31,7 @@ def _step(model, *, cuda_graphs, compile=False, backend="reference"):
     lr), a compiled one traces the foreach SGD."""
     lr = torch.tensor(0.05, device="cuda")
     opt = _sgd(model, lr, fused=not compile)
-    loss = functools.partial(one_loss, temperature=3.0, backend=backend, return_terms=True)
-    step = TrainStep(model, opt, lambda z, g, y, w: loss(z, g, y, kl_weight=w), lr,
+    step = TrainStep(model, opt, ONEMethod(temperature=3.0, backend=backend), lr,
                      compile=compile, cuda_graphs=cuda_graphs)
     step.kl_weight.fill_(1.0)
     return step
