@@ -20,6 +20,7 @@ from .engine.breakdown import mean_loss_terms, per_class_accuracy
 from .engine.checkpoint import CheckpointError
 from .engine.evaluate import Evaluator
 from .engine.metrics import read_metrics
+from .engine.model_setup import training_module
 from .engine.runs import LoadedRun, load_run
 from .engine.schedule import kl_weight
 
@@ -100,7 +101,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     run.model.to(device)
     loader = _loader(run, split, batch_size, device)
-    evaluator = Evaluator(run.model, amp_dtype=_amp_dtype(run, device))
+    evaluator = Evaluator(run.model, run.method, amp_dtype=_amp_dtype(run, device))
     accuracy = evaluator(loader.eval_batches())
     recorded = None
     if split == "test":
@@ -117,7 +118,9 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
     if loss:
         weight = kl_weight(max(run.epoch - 1, 0), run.config.kl_weight, run.config.rampup)
         result["kl_weight"] = weight
-        result["loss_terms"] = mean_loss_terms(run.model, run.method, loader.eval_batches(),
+        # kd's loss reads the frozen teacher's outputs too: the trainer's own pairing
+        module = training_module(run.config, run.model, run.inputs.num_classes, device)
+        result["loss_terms"] = mean_loss_terms(module, run.method, loader.eval_batches(),
                                                weight)
     return result
 

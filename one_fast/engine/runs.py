@@ -2,7 +2,8 @@
 
 The commands after training (evaluate, export, predict) all start here, so a run folder is
 read one way only: the checkpoint's stored config is turned back into the trainer's config and
-the network is built by the trainer's own ``build_model`` before the weights are loaded.
+the network and method are built by the trainer's own ``build_model`` / ``build_method``
+(:mod:`one_fast.engine.model_setup`) before the weights are loaded.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import torch
 from ..config import TrainConfig, config_from_dict
 from ..data import ImageDataset, load_dataset
 from ..deploy.inputs import InputSpec, input_spec, read_input_spec
-from ..methods import Method, create_method
-from ..models import BranchedNetwork, arch_defaults
-from ..train import build_model  # the trainer's own builder: one way to make a network
+from ..methods import Method
+from ..models import BranchedNetwork
 from .checkpoint import CheckpointError, load_checkpoint
+from .model_setup import build_method, build_model, image_size
 
 
 @dataclass
@@ -30,7 +31,8 @@ class LoadedRun:
     Attributes:
         run_dir: the run folder.
         config: the run's training config (``data_dir`` replaced when asked).
-        model: the whole multi-branch network with the checkpoint's weights, in eval mode.
+        model: the whole multi-branch network with the checkpoint's weights, in eval mode (for
+            kd runs the student alone, without its teacher).
         method: the training method (defines the ensemble: gated for ONE, averaged
             probabilities for dml / ensemble).
         epoch: epochs completed when the checkpoint was saved.
@@ -50,27 +52,6 @@ class LoadedRun:
     def num_branches(self) -> int:
         """m, the number of branches (members) of the network."""
         return self.model.num_branches
-
-
-def _method_of(config: TrainConfig) -> Method:
-    """The run's method with its settings (ONE for configs from before --method existed)."""
-    name = getattr(config, "method", "one")
-    return create_method(name, temperature=config.temperature,
-                         detach_teacher=config.detach_teacher, backend="reference")
-
-
-def _record_arch(model: BranchedNetwork, config: TrainConfig) -> None:
-    """Give a network built outside ``create_model`` the arch record export rebuilds from.
-
-    The trainer's ``build_model`` builds ``ONEResNet`` directly today; once it builds through
-    ``create_model`` the record is already there and this does nothing.
-    """
-    if getattr(model, "arch", None) is not None:
-        return
-    model.arch = "resnet"
-    model.arch_options = {**arch_defaults("resnet"), "depth": config.depth,
-                          "block": config.block, "shared_stages": config.shared_stages,
-                          "gate": config.gate}
 
 
 def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu", *,
@@ -108,16 +89,17 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu", *,
     dataset = None
     if inputs is None:
         dataset = load_dataset(config.dataset, config.data_dir, download=False,
-                               synthetic_classes=config.synthetic_classes)
+                               synthetic_classes=config.synthetic_classes,
+                               svhn_extra=config.svhn_extra,
+                               synthetic_image_size=image_size(config))
         inputs = read_input_spec(run_dir) or input_spec(dataset, config.data_dir)
 
     model = build_model(config, inputs.num_classes)
-    _record_arch(model, config)
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"the weights in {run_dir} do not fit the network its config "
                               f"describes: {err}") from err
     model.to(device).eval()
-    return LoadedRun(run_dir=run_dir, config=config, model=model, method=_method_of(config),
+    return LoadedRun(run_dir=run_dir, config=config, model=model, method=build_method(config),
                      epoch=int(state.get("epoch", 0)), inputs=inputs, dataset=dataset)
