@@ -32,6 +32,7 @@ def evaluated(run_dir, capsys):
 
 def test_dml_run(tmp_path, capsys):
     run_dir = train(tmp_path / "dml", "--method", "dml", "--num-branches", "2")
+    capsys.readouterr()  # the training run's own output
     result = evaluated(run_dir, capsys)
     assert result["accuracy"] == read_metrics(run_dir)[-1]["test_acc"]
     assert set(result["accuracy"]) == {"branch_0", "branch_1", "ensemble"}
@@ -52,6 +53,7 @@ def test_dml_run(tmp_path, capsys):
 
 def test_kd_run(trained_run, tmp_path, capsys):
     run_dir = train(tmp_path / "kd", "--method", "kd", "--teacher", str(trained_run))
+    capsys.readouterr()  # the training run's own output
     assert evaluate_command.main([str(run_dir), "--json", "--loss"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == read_metrics(run_dir)[-1]["test_acc"]
