@@ -11,7 +11,7 @@ import torch
 
 from one_fast import train
 from one_fast.config import ARCH_OPTION_FIELDS, MODEL_FIELDS, config_from_flags, parse_flags
-from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
+from one_fast.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from one_fast.engine.model_setup import build_model, image_size
 from one_fast.models import ARCHS
 from one_fast.models.wrn import WideBlock
@@ -122,3 +122,22 @@ def test_image_size_reaches_the_synthetic_dataset(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             train.run(config)
     assert seen == [224, 64, 32]
+
+
+def test_a_run_saved_before_the_arch_and_method_fields_resumes(tmp_path):
+    """A checkpoint whose config predates --arch, --method, ... (the ResNet ONE they default
+    to) resumes; setting one of the new fields to another value is still refused."""
+    run_dir = tmp_path / "old"
+    assert train.main(["--epochs", "1", "--out-dir", str(run_dir), "--batch-size", "1024",
+                       "--lr-milestones", "", "--no-progress"]) == 0
+    state = load_checkpoint(run_dir)
+    new = {"arch", "method", "share_stem", "image_size", "svhn_extra", "teacher",
+           "teacher_output", *ARCH_OPTION_FIELDS} - {"depth", "block"}
+    state["config"] = {k: v for k, v in state["config"].items() if k not in new}
+    save_checkpoint(run_dir, state)
+    config, _ = train.config_for(parse_flags(["--resume", str(run_dir), "--epochs", "2",
+                                              "--no-share-stem", "--shared-stages", "0"]))
+    with pytest.raises(CheckpointError, match="share_stem: checkpoint=.*, requested=False"):
+        train.run(config)
+    assert train.main(["--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(run_dir)["epoch"] == 2
