@@ -124,6 +124,7 @@ def test_image_size_reaches_the_synthetic_dataset(tmp_path, monkeypatch):
     assert seen == [224, 64, 32]
 
 
+@pytest.mark.slow
 def test_a_run_saved_before_the_arch_and_method_fields_resumes(tmp_path):
     """A checkpoint whose config predates --arch, --method, ... (the ResNet ONE they default
     to) resumes; setting one of the new fields to another value is still refused."""
