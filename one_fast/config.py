@@ -295,8 +295,8 @@ def validate_model_fields(config: TrainConfig) -> None:
         raise ValueError("--no-share-stem needs --shared-stages 0 (a per-branch stem cannot "
                          "feed a shared stage)")
     METHODS[config.method]().check(num_branches=config.num_branches,
-                                 shared_stages=config.shared_stages,
-                                 share_stem=config.share_stem, gate=config.gate)
+                                   shared_stages=config.shared_stages,
+                                   share_stem=config.share_stem, gate=config.gate)
     if config.method == "kd" and not config.teacher:
         raise ValueError("--method kd needs --teacher RUN_DIR (a finished one_fast run on the "
                          "same dataset)")

@@ -28,7 +28,7 @@ from .config import (
 from .data import load_dataset
 from .data.device import DeviceLoader, loaders_for
 from .engine import distributed
-from .engine.checkpoint import load_checkpoint, save_checkpoint
+from .engine.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
 from .engine.costs import inference_flops, model_costs
 from .engine.evaluate import Evaluator
 from .engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
@@ -188,8 +188,13 @@ def run_costs(config: TrainConfig, num_classes: int,
     return record, line
 
 
-def _expected_fields(config: TrainConfig) -> dict[str, object]:
-    return {name: getattr(config, name) for name in MODEL_FIELDS}
+def _expected_fields(config: TrainConfig, stored: dict[str, object]) -> dict[str, object]:
+    """The model fields a checkpoint (its config ``stored``) must agree on. A field ``stored``
+    lacks (saved before the field existed) is checked only if this run sets it to other than
+    its default, which is what that older run trained with."""
+    defaults = TrainConfig()
+    return {name: getattr(config, name) for name in MODEL_FIELDS
+            if name in stored or getattr(config, name) != getattr(defaults, name)}
 
 
 def _say(dist: distributed.DistInfo, message: str) -> None:
@@ -289,8 +294,12 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     start_epoch = 0
     run_dir = Path(config.out_dir)
     if config.resume:
-        state = load_checkpoint(config.resume, expected=_expected_fields(config),
-                                map_location=rt.device)
+        state = load_checkpoint(config.resume, map_location=rt.device)
+        stored = state.get("config")
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"checkpoint {config.resume} has no config to check the "
+                                  "model against")
+        check_config(stored, _expected_fields(config, stored), Path(config.resume))
         if int(state["epoch"]) >= config.epochs:
             raise ValueError(
                 f"--resume {config.resume}: that run already finished {state['epoch']} epochs "

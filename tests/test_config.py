@@ -109,3 +109,12 @@ def test_resume_continues_in_the_resumed_folder():
     assert config_from_args(["--resume", "exp/a"]).out_dir == "exp/a"
     assert config_from_args(["--resume", "exp/a/checkpoint.pt"]).out_dir == "exp/a"
     assert config_from_args(["--resume", "exp/a", "--out-dir", "exp/b"]).out_dir == "exp/b"
+
+
+def test_svhn_preset_is_the_authors_recipe_with_a_scaled_rampup():
+    c = config_from_args(["--dataset", "svhn"])
+    assert (c.dataset, c.svhn_extra, c.depth, c.epochs, c.batch_size) == ("svhn", True, 32, 40, 128)
+    assert (c.lr, c.momentum, c.lr_milestones) == (0.1, 0.9, (20, 30))
+    # 80 of CIFAR's 300 epochs -> 11 of 40: the KL weight reaches --kl-weight before the end
+    assert c.rampup == 11 and kl_weight(c.epochs - 1, 1.0, c.rampup) == 1.0
+    assert kl_weight(39, 1.0, 80) == pytest.approx(0.27, abs=0.005)  # what 80 would have given

@@ -43,7 +43,7 @@ class ONEMethod(Method):
         if not self.distill:
             return self._cross_entropies(logits, gate, target)
         t = one_loss(logits, gate, target, temperature=self.temperature,
-                     kl_weight=kl_weight if self.distill else 0.0,
+                     kl_weight=kl_weight,
                      detach_teacher=self.detach_teacher, backend=self.backend,
                      return_terms=True)
         return MethodLoss(t.loss, {"loss": t.loss.detach(), "ce_branches": t.ce_branches,
