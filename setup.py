@@ -195,5 +195,6 @@ setup(
             "triton; platform_system == 'Linux'",  # the interpreter tests of the Triton kernel
         ],
         "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # export --format onnx, and running it
     },
 )

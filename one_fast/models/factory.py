@@ -131,7 +131,9 @@ def create_model(arch: str, *, num_classes: int, num_branches: int = 3,
     Returns:
         A :class:`~one_fast.models.network.BranchedNetwork`: ``forward(x)`` gives
         ``(logits (N, m, num_classes), gate (N, m))``; ``model.batched = False`` runs the
-        per-branch reference path.
+        per-branch reference path. ``model.arch`` and ``model.arch_options`` (every option,
+        defaults filled in) record how it was built, so the same network with another number
+        of branches can be made again (export builds the m = 1 student from them).
 
     Raises:
         ValueError: unknown arch, an option the arch does not take or of the wrong type, or an
@@ -139,4 +141,7 @@ def create_model(arch: str, *, num_classes: int, num_branches: int = 3,
     """
     check_arch_options(arch, options)
     merged = {**arch_defaults(arch), **options}
-    return ARCHS[arch].builder(num_classes=num_classes, num_branches=num_branches, **merged)
+    model = ARCHS[arch].builder(num_classes=num_classes, num_branches=num_branches, **merged)
+    model.arch = arch
+    model.arch_options = merged
+    return model
