@@ -19,7 +19,7 @@ DATASET_SHAPES = {
 }
 
 
-@functools.lru_cache(maxsize=None)  # counted once per configuration per process
+@functools.cache  # counted once per configuration per process
 def configuration_costs(config: Configuration) -> Costs:
     """FLOPs (2 x multiply-adds) and parameters of ``config``'s network, counted by
     :func:`one_fast.engine.costs.model_costs` on the meta device.

@@ -238,21 +238,22 @@ def ensembles_table(datasets: list[str]) -> Table:
 
 def ablation_table(datasets: list[str]) -> Table:
     """Full ONE, no online distillation, no sharing, no gate (the authors used ResNet-110)."""
+    def rows(dataset: str, variant: str) -> tuple[Row, ...]:
+        return (Row("ONE", STUDENT, _paper(dataset, ABLATION_CIFAR100_RESNET110,
+                                           (variant, STUDENT))),
+                Row("ONE-E", ENSEMBLE))
+
     configs = []
     for dataset in datasets:
-        def rows(variant: str) -> tuple[Row, ...]:
-            return (Row("ONE", STUDENT, _paper(dataset, ABLATION_CIFAR100_RESNET110,
-                                               (variant, STUDENT))),
-                    Row("ONE-E", ENSEMBLE))
         configs += [
             Configuration(f"{dataset}-resnet110-full", dataset, "resnet110", "one", 3,
-                          rows("full")),
+                          rows(dataset, "full")),
             Configuration(f"{dataset}-resnet110-no_distill", dataset, "resnet110", "one", 3,
-                          rows("no_distill"), kl_weight=0.0),
+                          rows(dataset, "no_distill"), kl_weight=0.0),
             Configuration(f"{dataset}-resnet110-no_sharing", dataset, "resnet110", "one", 3,
-                          rows("no_sharing"), shared_stages=0, share_stem=False),
+                          rows(dataset, "no_sharing"), shared_stages=0, share_stem=False),
             Configuration(f"{dataset}-resnet110-no_gate", dataset, "resnet110", "one", 3,
-                          rows("no_gate"), gate=False),
+                          rows(dataset, "no_gate"), gate=False),
         ]
     return Table("ablation", "ONE's components (paper: component analysis, ResNet-110)",
                  tuple(configs), notes=(
