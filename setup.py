@@ -2,7 +2,10 @@
 
 The optional native extension ``one_fast._native`` (the fused ONE loss in C++/CUDA, sources in
 ``kernels/``) is built with torch's C++ extension tooling, which needs torch importable at build
-time -- install with ``pip install --no-build-isolation -e .`` after installing torch. Then:
+time -- install with ``pip install --no-build-isolation -e .`` after installing torch (plain
+``pip install -e .`` builds in an isolated environment without torch, so the extension is
+skipped; that notice goes to the terminal itself, since pip hides a successful build's output).
+Then:
 
 * torch with CUDA and ``nvcc`` found: the CPU and CUDA variant (sm_80, sm_90a or sm_90, and
   compute_90 PTX; ``TORCH_CUDA_ARCH_LIST`` overrides the list);
@@ -29,12 +32,25 @@ CPU_SOURCES = [f"{KERNELS}/binding/one_loss_op.cpp", f"{KERNELS}/one_loss_cpu.cp
 CUDA_SOURCES = [f"{KERNELS}/one_loss_cuda.cu"]
 HEADERS = [f"{KERNELS}/one_loss_api.h", f"{KERNELS}/one_loss_row.h"]  # rebuild when they change
 REQUIRED = os.environ.get("ONE_FAST_NATIVE_REQUIRED", "0") == "1"
+BUILD_COMMAND = "pip install --no-build-isolation -e ."
+
+
+def _visible(line: str) -> None:
+    """Print ``line`` where the user sees it: stderr, and the terminal when there is one (pip
+    captures a build's stdout and stderr and shows them only with -v or on failure)."""
+    print(line, file=sys.stderr, flush=True)
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(line + "\n")
+    except OSError:  # no controlling terminal (CI, nohup): stderr is all there is
+        pass
 
 
 def _notice(message: str) -> None:
     if REQUIRED:
         raise RuntimeError(f"one_fast native extension: {message} (ONE_FAST_NATIVE_REQUIRED=1)")
-    print(f"one_fast: native extension skipped: {message}", file=sys.stderr)
+    _visible(f"one_fast: native C++ kernel NOT built: {message}; the package works without it "
+             f"(backend='native' and the fused CPU loss are unavailable)")
 
 
 def _nvcc_release(cuda_home: str) -> tuple[int, int] | None:
@@ -82,8 +98,8 @@ def _native_extension() -> tuple[list, dict]:
         import torch
         from torch.utils import cpp_extension
     except ImportError:
-        _notice("torch is not importable at build time "
-                "(install torch first, then `pip install --no-build-isolation -e .`)")
+        _notice("torch is not importable at build time (pip's build isolation hides it); "
+                f"install torch first, then build it with: {BUILD_COMMAND}")
         return [], {}
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
@@ -159,12 +175,15 @@ setup(
     install_requires=[
         "torch>=2.4",
         "numpy",
-        "triton; platform_system == 'Linux'",
         "scikit-learn",  # the embedded default dataset (handwritten digits)
         "tqdm",  # progress bars
         "matplotlib",  # the training-curves plot
     ],
     extras_require={
+        # The Triton kernel. CUDA builds of torch already install triton (torch.compile needs
+        # it); CPU users need it only to run the kernel through Triton's interpreter (tests).
+        "triton": ["triton; platform_system == 'Linux'"],
+        "tensorboard": ["tensorboard"],  # --tensorboard
         "dev": [
             "pytest",
             "pytest-benchmark",
@@ -173,8 +192,8 @@ setup(
             "nvidia-ml-py",
             "scikit-learn",
             "tensorboard",
+            "triton; platform_system == 'Linux'",  # the interpreter tests of the Triton kernel
         ],
-        "tensorboard": ["tensorboard"],
         "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
     },
 )

@@ -1,8 +1,11 @@
 """Training configuration: one dataclass, a comment per field, flags generated from it, presets.
 
 Every field of :class:`TrainConfig` is a ``python -m one_fast.train`` flag (``--field-name``);
-its comment is the flag's help. ``--preset`` (default: the dataset's own) fills the fields a
-recipe fixes; flags given explicitly override the preset.
+its comment is the flag's help, and :func:`option` beside it declares the ``--help`` group and
+the meaningful range (checked by :func:`validate_config`, with an error naming the flag). A new
+field needs nothing else: its flag, help, grouping and range check come from that one place.
+``--preset`` (default: the dataset's own) fills the fields a recipe fixes; flags given
+explicitly override the preset.
 """
 
 from __future__ import annotations
@@ -10,86 +13,152 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, fields
+from typing import Any
+
+# --help sections, in order: (group name, title).
+GROUPS = (
+    ("data", "data"),
+    ("model", "model"),
+    ("method", "method (the ONE loss)"),
+    ("optimisation", "optimisation"),
+    ("speed", "speed (defaults: on for CUDA, off on the CPU)"),
+    ("output", "output and run folder"),
+)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed values; ``None`` bounds are open-ended. NaN is never inside."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is excluded
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+
+POSITIVE = Range(0, low_open=True)  # > 0
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+
+
+def option(default: Any, group: str, *, within: Range | None = None,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A :class:`TrainConfig` field with its ``--help`` group and allowed values.
+
+    Args:
+        default: the value without preset or flag.
+        group: one of :data:`GROUPS`' names.
+        within: numeric range every value (or every element of a tuple) must lie in.
+        choices: allowed strings (``None`` stays allowed where the default is ``None``).
+    """
+    return dataclasses.field(default=default,
+                             metadata={"group": group, "within": within, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; the defaults are the embedded digits run."""
 
-    # Dataset: digits (embedded, scikit-learn's handwritten digits), cifar10, cifar100, synthetic.
-    dataset: str = "digits"
+    # Dataset: digits (embedded, scikit-learn's handwritten digits, 1,437 training images),
+    # cifar10, cifar100 (need the archive in --data-dir, or --download), or synthetic
+    # (CIFAR-100-shaped random images for timing the GPU path: nothing to learn, so accuracy
+    # stays at chance; on a CPU one ResNet-32 epoch of it takes minutes).
+    dataset: str = option("digits", "data",
+                          choices=("digits", "cifar10", "cifar100", "synthetic"))
     # Folder holding the CIFAR "python version" archives (or their extracted folders).
-    data_dir: str = "data"
+    data_dir: str = option("data", "data")
     # Fetch the official CIFAR archive into --data-dir (MD5-checked) if it is missing.
-    download: bool = False
+    download: bool = option(False, "data")
     # Classes of the synthetic dataset (other datasets fix their own).
-    synthetic_classes: int = 100
-    # ResNet depth: 6n+2 for basic blocks (20, 32, 56, 110), 9n+2 for bottleneck (164).
-    depth: int = 8
+    synthetic_classes: int = option(100, "data", within=Range(2))
+    # ResNet depth: 6n+2 for basic blocks (8, 20, 32, 56, 110), 9n+2 for bottleneck (164).
+    depth: int = option(8, "model", within=Range(2))
     # Residual block: basic or bottleneck.
-    block: str = "basic"
+    block: str = option("basic", "model", choices=("basic", "bottleneck"))
     # m, the number of branches (1 trains the plain baseline network).
-    num_branches: int = 3
+    num_branches: int = option(3, "model", within=AT_LEAST_1)
     # Stages in the shared trunk: 2 is the paper's ONE; 1 and 0 are the less-shared ablations.
-    shared_stages: int = 2
+    shared_stages: int = option(2, "model", within=Range(0, 2))
     # Learn the gate; --no-gate weights branches uniformly (the "no gate" ablation).
-    gate: bool = True
-    # Epochs to train.
-    epochs: int = 12
-    # Images per step on each process (the global batch is this times the number of processes).
-    batch_size: int = 64
-    # Peak SGD learning rate.
-    lr: float = 0.1
-    # SGD momentum.
-    momentum: float = 0.9
-    # Use Nesterov momentum.
-    nesterov: bool = False
-    # L2 weight decay (applied to every parameter, as in the ONE authors' code).
-    weight_decay: float = 1e-4
-    # Epochs at which the learning rate is multiplied by --lr-decay (comma-separated).
-    lr_milestones: tuple[int, ...] = (8, 11)
-    # Factor applied to the learning rate at each milestone.
-    lr_decay: float = 0.1
+    gate: bool = option(True, "model")
     # Temperature T of the KL distillation terms.
-    temperature: float = 3.0
+    temperature: float = option(3.0, "method", within=POSITIVE)
     # Weight of the KL terms after ramp-up.
-    kl_weight: float = 1.0
+    kl_weight: float = option(1.0, "method", within=NON_NEGATIVE)
     # Epochs of KL-weight ramp-up by exp(-5(1-t)^2) as in the ONE authors' code; 0 disables it.
-    rampup: int = 0
+    rampup: int = option(0, "method", within=NON_NEGATIVE)
     # Stop the KL gradient at the ensemble teacher (the authors' choice).
-    detach_teacher: bool = True
-    # Use the fused ONE loss (Triton on CUDA); otherwise the pure-PyTorch reference loss.
-    fused: bool = False
-    # torch.compile model+loss and the optimizer step (default: on for CUDA, off for CPU).
-    compile: bool | None = None
-    # Replay each training step as one CUDA graph (default: on for CUDA without DDP).
-    cuda_graphs: bool | None = None
-    # Autocast precision for the network: bf16 or none (default: bf16 on CUDA, none on CPU).
-    amp: str | None = None
-    # channels_last memory format for images and weights (default: on for CUDA).
-    channels_last: bool | None = None
-    # Evaluate on the test split every this many epochs (and always after the last epoch).
-    eval_every: int = 1
-    # Device: auto, cpu, cuda, cuda:N.
-    device: str = "auto"
+    detach_teacher: bool = option(True, "method")
+    # Epochs to train.
+    epochs: int = option(12, "optimisation", within=AT_LEAST_1)
+    # Images per step on each process (the global batch is this times the number of processes).
+    batch_size: int = option(64, "optimisation", within=AT_LEAST_1)
+    # Peak SGD learning rate.
+    lr: float = option(0.1, "optimisation", within=POSITIVE)
+    # SGD momentum.
+    momentum: float = option(0.9, "optimisation", within=Range(0, 1, high_open=True))
+    # Use Nesterov momentum.
+    nesterov: bool = option(False, "optimisation")
+    # L2 weight decay (applied to every parameter, as in the ONE authors' code).
+    weight_decay: float = option(1e-4, "optimisation", within=NON_NEGATIVE)
+    # Epochs at which the learning rate is multiplied by --lr-decay (comma-separated, increasing,
+    # at most --epochs; "" for none). Scaled with --epochs when only --epochs is given.
+    lr_milestones: tuple[int, ...] = option((8, 11), "optimisation", within=AT_LEAST_1)
+    # Factor applied to the learning rate at each milestone.
+    lr_decay: float = option(0.1, "optimisation", within=Range(0, 1, low_open=True))
     # Seed for initialisation, data order and augmentation.
-    seed: int = 0
-    # Run folder for checkpoints, metrics.jsonl and the plot.
-    out_dir: str = "runs/digits"
-    # Continue the run saved in this folder (same model settings required).
-    resume: str | None = None
-    # Also write TensorBoard scalars (needs the tensorboard package).
-    tensorboard: bool = False
+    seed: int = option(0, "optimisation", within=NON_NEGATIVE)
+    # Use the fused ONE loss (Triton or native kernel); otherwise the pure-PyTorch reference.
+    fused: bool = option(False, "speed")
+    # torch.compile model+loss and the optimizer step (default: on for CUDA, off for CPU).
+    compile: bool | None = option(None, "speed")
+    # Replay each training step as one CUDA graph (default: on for CUDA without DDP).
+    cuda_graphs: bool | None = option(None, "speed")
+    # Autocast precision for the network: bf16 or none (default: bf16 on CUDA, none on CPU).
+    amp: str | None = option(None, "speed", choices=("bf16", "none"))
+    # channels_last memory format for images and weights (default: on for CUDA).
+    channels_last: bool | None = option(None, "speed")
+    # Device: auto, cpu, cuda, cuda:N.
+    device: str = option("auto", "speed")
     # Convert BatchNorm to SyncBatchNorm under DDP.
-    sync_bn: bool = False
+    sync_bn: bool = option(False, "speed")
+    # Run folder for checkpoints, metrics.jsonl and the plot (one run per folder).
+    out_dir: str = option("runs/digits", "output")
+    # Continue the run saved in this folder: its settings are reused, flags given override
+    # them (e.g. --epochs to train longer); it continues in that folder unless --out-dir is set.
+    resume: str | None = option(None, "output")
+    # Replace the run already in --out-dir (otherwise a new run there is refused).
+    overwrite: bool = option(False, "output")
+    # Evaluate on the test split every this many epochs (and always after the last epoch).
+    eval_every: int = option(1, "output", within=AT_LEAST_1)
+    # Also write TensorBoard scalars (needs the tensorboard package).
+    tensorboard: bool = option(False, "output")
     # Show a progress bar per epoch.
-    progress: bool = True
+    progress: bool = option(True, "output")
 
 
 # Model-shaping fields a checkpoint must agree on before it can be resumed.
 MODEL_FIELDS = ("dataset", "depth", "block", "num_branches", "shared_stages", "gate",
                 "synthetic_classes")
+# Fields that say where and how this invocation runs, never taken from a resumed checkpoint.
+INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device")
 
 PRESETS: dict[str, dict[str, object]] = {
     # Finishes in about two minutes on 2 CPU cores and reaches >90% ensemble accuracy.
@@ -105,6 +174,11 @@ PRESETS: dict[str, dict[str, object]] = {
     "synthetic": dict(dataset="synthetic", depth=32, epochs=2, batch_size=128,
                       lr_milestones=(), rampup=0, out_dir="runs/synthetic"),
 }
+
+
+def flag_name(name: str) -> str:
+    """``lr_milestones`` -> ``--lr-milestones``."""
+    return "--" + name.replace("_", "-")
 
 
 def field_comments() -> dict[str, str]:
@@ -123,6 +197,41 @@ def field_comments() -> dict[str, str]:
     return comments
 
 
+def validate_config(config: TrainConfig) -> None:
+    """Reject values outside each field's declared range, and inconsistent combinations.
+
+    Raises:
+        ValueError: naming the flag, the value and what is allowed.
+    """
+    for f in fields(TrainConfig):
+        value, flag = getattr(config, f.name), flag_name(f.name)
+        within, choices = f.metadata.get("within"), f.metadata.get("choices")
+        if value is None and f.default is None:
+            continue
+        if choices is not None and value not in choices:
+            raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        if within is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                if item not in within:
+                    raise ValueError(f"{flag} must be {within}, got {_show(value)}")
+    milestones = config.lr_milestones
+    if list(milestones) != sorted(set(milestones)):
+        raise ValueError(f"--lr-milestones must be strictly increasing, got {_show(milestones)}")
+    if milestones and milestones[-1] > config.epochs:
+        raise ValueError(f"--lr-milestones {_show(milestones)} go beyond --epochs "
+                         f"{config.epochs}; the learning rate would never decay there")
+    if config.device != "auto" and config.device.split(":")[0] not in ("cpu", "cuda") or (
+            config.device.startswith("cuda:") and not config.device[5:].isdigit()):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or '""'
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(
+        value, float) else str(value)
+
+
 def _parse_milestones(text: str) -> tuple[int, ...]:
     text = text.strip()
     if not text:
@@ -134,41 +243,148 @@ def _parse_milestones(text: str) -> tuple[int, ...]:
             f"--lr-milestones expects comma-separated epochs, got {text!r}") from err
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per :class:`TrainConfig` field, plus ``--preset``."""
+def _show_default(f: dataclasses.Field, value: object) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return _show(value)
+
+
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per :class:`TrainConfig` field, plus ``--preset``.
+
+    Args:
+        preset: the preset whose values ``--help`` shows as defaults (default: digits).
+
+    Returns:
+        The parser; flags not given are absent from the parsed namespace.
+    """
+    shown = {f.name: f.default for f in fields(TrainConfig)}
+    shown.update(PRESETS.get(preset or TrainConfig.dataset, {}))
     parser = argparse.ArgumentParser(
         prog="python -m one_fast.train",
-        description="Train a ONE (On-the-fly Native Ensemble) network.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="recipe to start from (default: the preset named like --dataset)")
+        description="Train a ONE (On-the-fly Native Ensemble) network. Defaults shown are the "
+                    f"{preset or TrainConfig.dataset!r} preset's; give --dataset or --preset "
+                    "before --help to see another's.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, metavar="NAME",
+                        help=f"recipe filling every flag not given: {', '.join(sorted(PRESETS))} "
+                             "(default: the one named like --dataset)")
     helps = field_comments()
+    sections = {name: parser.add_argument_group(title) for name, title in GROUPS}
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
-        kwargs: dict[str, object] = dict(default=argparse.SUPPRESS, help=helps.get(f.name, ""))
+        text = f"{helps.get(f.name, '')} (default: {_show_default(f, shown[f.name])})"
+        kwargs: dict[str, object] = dict(default=argparse.SUPPRESS, help=text)
         if kind.startswith("bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind.startswith("tuple"):
-            kwargs["type"] = _parse_milestones
-        elif kind.startswith("int"):
-            kwargs["type"] = int
-        elif kind.startswith("float"):
-            kwargs["type"] = float
         else:
-            kwargs["type"] = str
-        parser.add_argument(flag, **kwargs)
+            kwargs["type"] = {"tuple": _parse_milestones, "int": int, "float": float}.get(
+                kind.split("[")[0].split(" ")[0], str)
+            kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}" if f.metadata.get(
+                "choices") else f.name.split("_")[-1].upper()
+        sections[f.metadata["group"]].add_argument(flag_name(f.name), **kwargs)
     return parser
+
+
+def _preset_of(argv: list[str] | None) -> str | None:
+    """The --preset (or --dataset) named in argv, to show that preset's defaults in --help."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    pre.add_argument("--dataset")
+    known, _ = pre.parse_known_args(argv)
+    return known.preset or known.dataset
+
+
+def parse_flags(argv: list[str] | None = None) -> dict[str, object]:
+    """The flags given on the command line (only those), plus "preset" if given."""
+    parser = build_parser(_preset_of(argv))
+    return {k: v for k, v in vars(parser.parse_args(argv)).items()
+            if k != "preset" or v is not None}
+
+
+def scale_schedule(values: dict[str, object], given: dict[str, object],
+                   preset: dict[str, object]) -> list[str]:
+    """Scale the preset's LR milestones and KL ramp-up when only ``--epochs`` was given.
+
+    ``--epochs 50`` on a 300-epoch recipe moves its milestones 150,225 to 25,38 (the same
+    fractions of the run) instead of leaving them beyond the run's end. Changes ``values`` in
+    place.
+
+    Returns:
+        One line per scaled setting, saying what changed and how to choose it instead.
+    """
+    epochs, base = values["epochs"], preset.get("epochs")
+    if "epochs" not in given or not base or epochs == base:
+        return []
+    notes = []
+    milestones = preset.get("lr_milestones", ())
+    if "lr_milestones" not in given and milestones:
+        scaled = tuple(sorted({min(epochs, max(1, round(m * epochs / base))) for m in milestones}))
+        values["lr_milestones"] = scaled
+        notes.append(f"--epochs {epochs}: LR milestones scaled from the preset's "
+                     f"{_show(milestones)} (of {base} epochs) to {_show(scaled)}; set "
+                     "--lr-milestones to choose them")
+    rampup = preset.get("rampup", 0)
+    if "rampup" not in given and rampup:
+        values["rampup"] = max(1, round(rampup * epochs / base))
+        notes.append(f"--epochs {epochs}: KL ramp-up scaled from the preset's {rampup} epochs to "
+                     f"{values['rampup']}; set --rampup to choose it")
+    return notes
+
+
+def config_from_flags(given: dict[str, object],
+                      base: dict[str, object] | None = None) -> tuple[TrainConfig, list[str]]:
+    """Build the config from the flags given and a base (a preset, or a resumed run's config).
+
+    Args:
+        given: :func:`parse_flags` output.
+        base: values the flags override; default: the preset named by --preset or --dataset,
+            whose schedule is then scaled to --epochs (:func:`scale_schedule`).
+
+    Returns:
+        The validated config and notes for the user (one line each).
+
+    Raises:
+        ValueError: an unknown preset or a value out of range, naming the flag.
+    """
+    given = dict(given)
+    preset_name = given.pop("preset", None) or given.get("dataset", TrainConfig.dataset)
+    notes: list[str] = []
+    if base is None:
+        if preset_name not in PRESETS:
+            raise ValueError(f"--dataset {preset_name!r}: expected one of {sorted(PRESETS)}")
+        values = {**PRESETS[preset_name], **given}
+        notes = scale_schedule(values, given, PRESETS[preset_name])
+    else:
+        values = {**base, **given}
+    if given.get("resume") and "out_dir" not in given:
+        values["out_dir"] = run_dir_of(str(given["resume"]))
+    config = TrainConfig(**values)
+    validate_config(config)
+    if config.rampup > config.epochs:
+        notes.append(f"warning: --rampup {config.rampup} is longer than --epochs "
+                     f"{config.epochs}: the KL weight never reaches --kl-weight "
+                     f"{config.kl_weight:g}")
+    return config, notes
+
+
+def run_dir_of(path: str) -> str:
+    """The run folder of a ``--resume`` argument (the folder itself, or a checkpoint's folder)."""
+    import os
+
+    return os.path.dirname(path) or "." if path.endswith(".pt") else path
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse flags: preset values first, then every flag given on the command line."""
-    args = vars(build_parser().parse_args(argv))
-    preset_name = args.pop("preset", None) or args.get("dataset", TrainConfig.dataset)
-    if preset_name not in PRESETS:
-        raise SystemExit(f"--dataset {preset_name!r}: expected one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset_name], **args}
-    return TrainConfig(**values)
+    parser_error = None
+    try:
+        return config_from_flags(parse_flags(argv))[0]
+    except ValueError as err:
+        parser_error = str(err)
+    build_parser().error(parser_error)
+    raise AssertionError("unreachable")  # parser.error exits
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, object]:
@@ -187,5 +403,7 @@ def config_from_dict(values: dict[str, object]) -> TrainConfig:
     return TrainConfig(**fixed)
 
 
-__all__ = ["MODEL_FIELDS", "PRESETS", "TrainConfig", "build_parser", "config_from_args",
-           "config_from_dict", "config_to_dict", "field_comments"]
+__all__ = ["GROUPS", "INVOCATION_FIELDS", "MODEL_FIELDS", "PRESETS", "Range", "TrainConfig",
+           "build_parser", "config_from_args", "config_from_dict", "config_from_flags",
+           "config_to_dict", "field_comments", "flag_name", "option", "parse_flags",
+           "run_dir_of", "scale_schedule", "validate_config"]

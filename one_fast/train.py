@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import MODEL_FIELDS, TrainConfig, config_from_args, config_to_dict
+from .config import (
+    INVOCATION_FIELDS,
+    MODEL_FIELDS,
+    TrainConfig,
+    config_from_flags,
+    config_to_dict,
+    parse_flags,
+    validate_config,
+)
 from .data import load_dataset
 from .data.device import DeviceLoader, loaders_for
 from .engine import distributed
@@ -25,14 +33,23 @@ from .engine.checkpoint import load_checkpoint, save_checkpoint
 from .engine.evaluate import Evaluator
 from .engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
 from .engine.plot import plot_metrics
-from .engine.progress import EpochProgress
+from .engine.progress import EpochProgress, epoch_line
 from .engine.rng import capture_rng_state, restore_rng_state
+from .engine.run_folder import prepare_run_folder
 from .engine.schedule import kl_weight, learning_rate
 from .engine.step import NonFiniteLossError, TrainStep
-from .loss import available_backends, one_loss
+from .loss import FUSED_MAX_TEMPERATURE, available_backends, native, one_loss
 from .models import ONEResNet
+from .models.resnet import blocks_per_stage
 
 PROGRESS_EVERY = 25  # steps between the (synchronising) reads of the running loss
+# How to get the native kernel when it is missing (said by --fused, and by setup.py at build).
+NATIVE_BUILD_HINT = ("build it with `pip install --no-build-isolation -e .` (torch installed "
+                     "first, and a C++ compiler)")
+
+
+class RunStopped(Exception):
+    """Training ended early for a reason the user must read (the message says what to do)."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +80,7 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         raise ValueError("--cuda-graphs is not supported together with DDP; use --no-cuda-graphs")
     if config.sync_bn and not cuda:
         raise ValueError("--sync-bn needs CUDA devices (NCCL)")
-    backend, note = "reference", ""
-    if config.fused:
-        fused = [name for name in available_backends(dist.device) if name != "reference"]
-        if cuda and fused:
-            backend = fused[0]
-        elif "triton" in fused:  # the CPU, with TRITON_INTERPRET=1
-            backend, note = "triton", ("--fused: no CUDA device; running the Triton kernel "
-                                       "through the interpreter (TRITON_INTERPRET=1)")
-        elif "native" in fused:
-            backend, note = "native", "--fused: no CUDA device; using the native C++ CPU kernel"
-        else:
-            note = "--fused: no fused kernel can run here; using the reference PyTorch loss"
+    backend, note = _fused_backend(config, dist.device) if config.fused else ("reference", "")
     return Runtime(
         device=dist.device,
         compile=config.compile if config.compile is not None else cuda,
@@ -86,16 +92,39 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
     )
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Reject settings no run can use, naming the flag."""
-    for name in ("epochs", "batch_size", "eval_every", "num_branches"):
-        if getattr(config, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be >= 1, got {getattr(config, name)}")
-    if config.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {config.lr}")
-    if config.rampup < 0:
-        raise ValueError(f"--rampup must be >= 0, got {config.rampup}")
+def native_unavailable_reason() -> str:
+    """Why the native kernel cannot run on the CPU here, and how to get it."""
+    err = native.LOAD_ERROR
+    if isinstance(err, ModuleNotFoundError) or err is None:
+        return ("the native extension one_fast._native was not built (pip builds in an "
+                "isolated environment without torch unless given --no-build-isolation); "
+                + NATIVE_BUILD_HINT)
+    return f"the native extension does not load ({err}); re" + NATIVE_BUILD_HINT[1:]
+
+
+def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """The fused backend --fused runs on ``device``, and a note when it is not the CUDA kernel."""
+    m = config.num_branches
+    if config.temperature > FUSED_MAX_TEMPERATURE:
+        return "reference", (f"--fused: the fused kernels are not accurate in float32 at "
+                             f"--temperature above {FUSED_MAX_TEMPERATURE:g}; using the "
+                             "reference loss (cancellation-free KL)")
+    fused = [name for name in available_backends(device) if name != "reference"]
+    fits = [name for name in fused if name != "native" or m <= native.MAX_BRANCHES]
+    too_many = (f"the native kernel takes at most {native.MAX_BRANCHES} branches, "
+                f"--num-branches is {m}")
+    if device.type == "cuda":
+        if fits:
+            return fits[0], ""
+        why = too_many if fused else "no fused kernel is available for CUDA here"
+        return "reference", f"--fused: {why}; using the reference PyTorch loss"
+    if "triton" in fits:  # the CPU, with TRITON_INTERPRET=1
+        return "triton", ("--fused: no CUDA device; running the Triton kernel through the "
+                          "interpreter (TRITON_INTERPRET=1)")
+    if "native" in fits:
+        return "native", "--fused: no CUDA device; using the native C++ CPU kernel"
+    why = too_many if "native" in fused else native_unavailable_reason()
+    return "reference", f"--fused: no fused kernel can run here: {why}; using the reference loss"
 
 
 def build_model(config: TrainConfig, num_classes: int) -> ONEResNet:
@@ -139,11 +168,57 @@ def _summary_table(acc: dict[str, float]) -> str:
     return "\n".join(["test top-1 (last epoch):", *rows])
 
 
-def run(config: TrainConfig) -> dict[str, object]:
-    """Train as configured; returns the last epoch's record (accuracies under "test_acc")."""
+def config_for(given: dict[str, object]) -> tuple[TrainConfig, list[str]]:
+    """The run's config from the flags given: on the preset, or on the resumed run's settings.
+
+    With ``--resume`` the checkpoint's stored config is the base (so ``--resume DIR`` alone
+    continues that run as it was started) and only the flags given change it; the fields in
+    :data:`~one_fast.config.INVOCATION_FIELDS` (where and how this process runs) are not taken
+    from the checkpoint.
+    """
+    if not given.get("resume"):
+        return config_from_flags(given)
+    try:
+        stored = load_checkpoint(str(given["resume"]))["config"]
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--resume {given['resume']}: {err}") from None
+    defaults = config_to_dict(TrainConfig())
+    base = {**defaults, **{k: v for k, v in stored.items()
+                           if k in defaults and k not in INVOCATION_FIELDS}}
+    base["lr_milestones"] = tuple(base["lr_milestones"])
+    return config_from_flags(given, base=base)
+
+
+def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[str, object]:
+    """Train as configured; returns the last epoch's record (accuracies under "test_acc").
+
+    Args:
+        config: the run's settings (validated here).
+        notes: lines to print before training (e.g. how --epochs rescaled the schedule).
+
+    Raises:
+        RunStopped: interrupted (Ctrl-C) or the checkpoint could not be written; the message
+            says which epoch's checkpoint is saved and how to continue.
+        ValueError: bad settings or an unusable run folder, naming the flag.
+    """
     validate_config(config)
+    try:
+        blocks_per_stage(config.depth, config.block)
+    except ValueError as err:
+        raise ValueError(f"--depth {config.depth} does not fit --block {config.block}: "
+                         f"{err}") from None
+    if config.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install "
+                             "tensorboard (or drop --tensorboard)") from None
     dist = distributed.init_distributed(config.device)
     try:
+        if dist.is_main:
+            prepare_run_folder(config.out_dir, resume=config.resume, overwrite=config.overwrite)
+            for note in notes:
+                print(note, flush=True)
         return _train(config, dist)
     finally:
         distributed.shutdown()
@@ -169,6 +244,11 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     if config.resume:
         state = load_checkpoint(config.resume, expected=_expected_fields(config),
                                 map_location=rt.device)
+        if int(state["epoch"]) >= config.epochs:
+            raise ValueError(
+                f"--resume {config.resume}: that run already finished {state['epoch']} epochs "
+                f"(--epochs {config.epochs}); give --epochs N with N > {state['epoch']} to "
+                "train it longer")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
@@ -176,6 +256,11 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         restore_rng_state(state["rng"], rt.device)
         start_epoch = int(state["epoch"])  # epochs completed
         _say(dist, f"resumed from {config.resume} after epoch {start_epoch}")
+
+    shard = len(data.train_labels) // dist.world_size
+    if config.batch_size > shard:
+        raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
+                         f"({shard} images per process): no full batch could be made")
 
     train_model: nn.Module = model
     if dist.distributed:
@@ -197,25 +282,65 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                f"{rt.amp_dtype or 'none'}")
 
     record: dict[str, object] = {}
-    with MetricsLogger(run_dir, enabled=dist.is_main, tensorboard=config.tensorboard) as logger:
-        for epoch in range(start_epoch, config.epochs):
-            record = _train_epoch(config, dist, rt, step, train_loader, epoch)
-            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                record["test_acc"] = evaluator(test_loader.eval_batches())
-            logger.log(record)
-            if dist.is_main:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "step": record["step"],
-                         "schedule": {"lr": record["lr"], "kl_weight": record["kl_weight"]},
-                         "rng": capture_rng_state(rt.device), "config": config_to_dict(config)}
-                save_checkpoint(run_dir, state)
-            distributed.barrier()
-    if dist.is_main and record:
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        if "test_acc" in record:
-            print(_summary_table(record["test_acc"]), flush=True)
-        print(f"run folder: {run_dir}", flush=True)
+    saved_epoch = start_epoch  # the epoch run_dir/checkpoint.pt holds (0: none of this run)
+    try:
+        with MetricsLogger(run_dir, enabled=dist.is_main,
+                           tensorboard=config.tensorboard) as logger:
+            for epoch in range(start_epoch, config.epochs):
+                record = _train_epoch(config, dist, rt, step, train_loader, epoch)
+                if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                    record["test_acc"] = evaluator(test_loader.eval_batches())
+                logger.log(record)
+                _say(dist, epoch_line(record, config.epochs))
+                if dist.is_main:
+                    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "epoch": epoch + 1, "step": record["step"],
+                             "schedule": {"lr": record["lr"], "kl_weight": record["kl_weight"]},
+                             "rng": capture_rng_state(rt.device),
+                             "config": config_to_dict(config)}
+                    _save(run_dir, state, saved_epoch)
+                    saved_epoch = epoch + 1
+                distributed.barrier()
+    except KeyboardInterrupt:
+        _finish(dist, run_dir, None)
+        raise RunStopped(f"interrupted: {_saved_phrase(run_dir, saved_epoch, config.epochs)}"
+                         ) from None
+    _finish(dist, run_dir, record)
     return record
+
+
+def _saved_phrase(run_dir: Path, saved_epoch: int, epochs: int) -> str:
+    """Which checkpoint survives in ``run_dir`` and the command that continues from it."""
+    if saved_epoch == 0:
+        return (f"no epoch finished, so nothing was saved; start again with "
+                f"--out-dir {run_dir} --overwrite")
+    return (f"{run_dir / 'checkpoint.pt'} holds epoch {saved_epoch} of {epochs}; continue "
+            f"with: python -m one_fast.train --resume {run_dir}")
+
+
+def _save(run_dir: Path, state: dict[str, object], saved_epoch: int) -> None:
+    """Write the checkpoint; a failed write becomes one line saying what survived."""
+    try:
+        save_checkpoint(run_dir, state)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise RunStopped(
+            f"could not write the checkpoint of epoch {state['epoch']} to {run_dir} ({reason}); "
+            f"{_saved_phrase(run_dir, saved_epoch, int(state['config']['epochs']))}"
+            " once the problem is fixed") from err
+
+
+def _finish(dist: distributed.DistInfo, run_dir: Path, record: dict[str, object] | None) -> None:
+    """Plot what finished (also after an interruption) and print the summary table."""
+    if not dist.is_main or not (run_dir / "metrics.jsonl").is_file():
+        return
+    try:
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    except ValueError:  # no epoch finished: nothing to plot
+        pass
+    if record and "test_acc" in record:
+        print(_summary_table(record["test_acc"]), flush=True)
+    print(f"run folder: {run_dir}", flush=True)
 
 
 def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, step: TrainStep,
@@ -230,18 +355,19 @@ def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, s
                              enabled=dist.is_main and config.progress)
     start = time.perf_counter()
     images = 0
-    for i, (x, y) in enumerate(loader.epoch_batches(epoch)):
-        step(x, y)
-        images += y.shape[0]
-        loss = None
-        if (i + 1) % PROGRESS_EVERY == 0:
-            means, _, bad = step.read_totals()
-            _stop_if_bad(bad, epoch)
-            loss = means["loss"]
-        progress.update(y.shape[0], loss)
-    means, steps, bad = step.read_totals()  # synchronises: the epoch's work is done
-    elapsed = time.perf_counter() - start
-    progress.close(loss=means["loss"])
+    with progress:  # closed (the bar's line ended) also when interrupted
+        for i, (x, y) in enumerate(loader.epoch_batches(epoch)):
+            step(x, y)
+            images += y.shape[0]
+            loss = None
+            if _read_loss_after(i + 1):
+                means, _, bad = step.read_totals()
+                _stop_if_bad(bad, epoch)
+                loss = means["loss"]
+            progress.update(y.shape[0], loss)
+        means, steps, bad = step.read_totals()  # synchronises: the epoch's work is done
+        elapsed = time.perf_counter() - start
+        progress.close(loss=means["loss"])
     _stop_if_bad(bad, epoch)
     record: dict[str, object] = {
         "epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr_value, "kl_weight": kl_value,
@@ -256,6 +382,12 @@ def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, s
     return record
 
 
+def _read_loss_after(steps: int) -> bool:
+    """Read the running loss after steps 1, 2, 4, 8, 16, then every PROGRESS_EVERY steps: the
+    bar shows a loss from the start, and a long epoch syncs only every PROGRESS_EVERY steps."""
+    return steps < PROGRESS_EVERY and steps & (steps - 1) == 0 or steps % PROGRESS_EVERY == 0
+
+
 def _stop_if_bad(bad_step: int, epoch: int) -> None:
     if bad_step >= 0:
         raise NonFiniteLossError(
@@ -264,11 +396,23 @@ def _stop_if_bad(bad_step: int, epoch: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    config = config_from_args(argv)
+    """Command-line entry point: every expected failure is one ``error: ...`` line.
+
+    Returns:
+        0 on success, 1 on an error, 130 after Ctrl-C (bad flags exit with argparse's 2).
+    """
+    given = parse_flags(argv)
     try:
-        run(config)
-    except (NonFiniteLossError, ValueError, FileNotFoundError) as err:
+        config, notes = config_for(given)
+        run(config, notes)
+    except RunStopped as err:
+        interrupted = str(err).startswith("interrupted")
+        print(err if interrupted else f"error: {err}", file=sys.stderr)
+        return 130 if interrupted else 1
+    except KeyboardInterrupt:  # before training started: nothing was written
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
+    except (NonFiniteLossError, ValueError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from one_fast.config import (
+    GROUPS,
     TrainConfig,
     config_from_args,
     config_from_dict,
+    config_from_flags,
     config_to_dict,
     field_comments,
+    parse_flags,
+    validate_config,
 )
 from one_fast.engine.schedule import kl_weight, learning_rate
 
@@ -50,3 +55,51 @@ def test_kl_rampup_follows_exp_minus_5_one_minus_t_squared():
     assert kl_weight(40, 2.0, 80) == pytest.approx(2.0 * math.exp(-5.0 * 0.25))
     assert kl_weight(80, 1.0, 80) == 1.0 and kl_weight(200, 1.0, 80) == 1.0
     assert kl_weight(0, 0.7, 0) == 0.7  # --rampup 0 disables the ramp
+
+
+def test_every_field_declares_its_group_and_numbers_their_range():
+    groups = {name for name, _ in GROUPS}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("group") in groups, f.name
+        if str(f.type).split(" ")[0] in ("int", "float", "tuple[int,"):
+            assert f.metadata.get("within") is not None, f.name
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(kl_weight=-5.0), "--kl-weight must be >= 0, got -5"),
+    (dict(lr_decay=0.0), r"--lr-decay must be in \(0, 1\], got 0"),
+    (dict(lr_decay=1.5), r"--lr-decay must be in \(0, 1\]"),
+    (dict(momentum=-1.0), r"--momentum must be in \[0, 1\), got -1"),
+    (dict(momentum=1.0), r"--momentum must be in \[0, 1\)"),
+    (dict(temperature=0.0), "--temperature must be > 0, got 0"),
+    (dict(temperature=float("nan")), "--temperature must be > 0, got nan"),
+    (dict(weight_decay=-1e-4), "--weight-decay must be >= 0"),
+    (dict(lr=float("inf")), "--lr must be > 0, got inf"),
+    (dict(lr_milestones=(8, 4)), "--lr-milestones must be strictly increasing, got 8,4"),
+    (dict(lr_milestones=(0, 4)), "--lr-milestones must be >= 1, got 0,4"),
+    (dict(lr_milestones=(8, 20)), "--lr-milestones 8,20 go beyond --epochs 12"),
+    (dict(shared_stages=3), r"--shared-stages must be in \[0, 2\], got 3"),
+    (dict(block="wide"), "--block must be one of basic, bottleneck, got 'wide'"),
+    (dict(device="tpu"), "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (dict(device="cuda:x"), "--device must be"),
+])
+def test_values_outside_their_range_name_the_flag(changes, match):
+    with pytest.raises(ValueError, match=match):
+        validate_config(dataclasses.replace(TrainConfig(), **changes))
+
+
+def test_epochs_alone_scales_the_presets_schedule():
+    config, notes = config_from_flags(parse_flags(["--dataset", "cifar100", "--epochs", "50"]))
+    assert config.lr_milestones == (25, 38) and config.rampup == 13
+    assert len(notes) == 2 and "--epochs 50: LR milestones scaled from the preset's 150,225 " \
+        "(of 300 epochs) to 25,38; set --lr-milestones to choose them" in notes
+    config, notes = config_from_flags(parse_flags(
+        ["--dataset", "cifar100", "--epochs", "50", "--lr-milestones", "10,20", "--rampup", "5"]))
+    assert (config.lr_milestones, config.rampup, notes) == ((10, 20), 5, [])
+    assert config_from_flags(parse_flags(["--epochs", "12"]))[1] == []  # the preset's own
+
+
+def test_resume_continues_in_the_resumed_folder():
+    assert config_from_args(["--resume", "exp/a"]).out_dir == "exp/a"
+    assert config_from_args(["--resume", "exp/a/checkpoint.pt"]).out_dir == "exp/a"
+    assert config_from_args(["--resume", "exp/a", "--out-dir", "exp/b"]).out_dir == "exp/b"

@@ -165,7 +165,10 @@ def load_cifar(name: str, data_dir: str | Path = "data", download: bool = False)
         if not archive.is_file():
             if not download:
                 raise _not_found(spec, data_dir, name)
-            download_verified(spec.url, archive, spec.md5)
+            try:
+                download_verified(spec.url, archive, spec.md5)
+            except OSError as e:
+                raise OSError(f"--download: {e}") from None
         raw, source = _read_archive(archive, spec.folder, names), archive
 
     parts = {n: _parse_batch(raw[n], f"{source}:{n}", spec) for n in names}

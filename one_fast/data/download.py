@@ -54,8 +54,11 @@ def download_verified(url: str, path: str | Path, md5: str) -> Path:
         log.info("downloading %s to %s", url, path)
         try:
             _fetch(url, f)
-        except OSError as e:
-            raise OSError(f"could not download {url}: {e}") from e
+        except OSError as e:  # URLError, timeouts, resets: one line with the root cause
+            reason = getattr(e, "reason", None) or e.strerror or e
+            raise OSError(f"could not download {url} ({reason}); check the network "
+                          f"connection, or fetch that file by other means and put it at "
+                          f"{path}") from None
         f.flush()
         actual = _md5(f)
         if actual != md5:

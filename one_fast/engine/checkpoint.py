@@ -119,7 +119,7 @@ def save_checkpoint(
     target = Path(run_dir) / filename
 
     def write(f) -> None:
-        torch.save(state, f)
+        _save(state, f)
         if not verify:
             return
         f.flush()
@@ -137,6 +137,22 @@ def save_checkpoint(
         text = json.dumps(_metadata(state, filename), indent=2, default=_json_default)
         atomic_write(target.with_suffix(".json"), lambda f: f.write(text.encode() + b"\n"))
     return target
+
+
+def _save(state: Mapping[str, Any], f) -> None:
+    """``torch.save``, but a failed write surfaces as the OSError that caused it.
+
+    torch's zip writer reports a failing ``f.write`` (disk full, quota, I/O error) as
+    ``RuntimeError: [enforce fail at inline_container.cc...] unexpected pos``, with the
+    ``OSError`` (e.g. ENOSPC) only as the exception's context.
+    """
+    try:
+        torch.save(state, f)
+    except RuntimeError as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise
 
 
 def _describe(err: BaseException) -> str:

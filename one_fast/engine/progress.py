@@ -1,10 +1,11 @@
-"""A per-epoch progress bar (tqdm) showing the loss and images/s."""
+"""A per-epoch progress bar (tqdm) showing the loss and images/s, and the one-line epoch summary."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import IO
+from collections.abc import Mapping
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -133,3 +134,45 @@ class EpochProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _short(name: str) -> str:
+    return f"b{name[7:]}" if name.startswith("branch_") else "ens" if name == "ensemble" else name
+
+
+def epoch_line(record: Mapping[str, Any], total_epochs: int | None = None) -> str:
+    """One console line summarising an epoch's metrics record (see ``engine.metrics``).
+
+    Example::
+
+        epoch  3/12  loss 1.204 (CE 0.912, CE(ens) 0.287, KL 0.0006)  | test top-1 b0 95.8%
+        b1 96.1% b2 95.6% ens 96.4% | lr 0.1  2,531 img/s  0.6 s
+
+    (one line; CE sums the branches, KL is before the w·T² factor; test accuracy only on
+    epochs that evaluated).
+
+    Args:
+        record: the epoch's record: ``epoch``, ``train`` terms, ``lr``, ``images_per_s``,
+            ``epoch_time_s`` and, if evaluated, ``test_acc``.
+        total_epochs: shown as ``epoch 3/12`` when given.
+
+    Returns:
+        The line, without a newline.
+    """
+    width = len(str(total_epochs)) if total_epochs else 1
+    head = f"epoch {record['epoch']:>{width}}" + (f"/{total_epochs}" if total_epochs else "")
+    train = record.get("train") or {}
+    parts = [head]
+    if train:
+        parts.append(f"loss {train.get('loss', float('nan')):.4g} (CE "
+                     f"{train.get('ce_branches', float('nan')):.4g}, CE(ens) "
+                     f"{train.get('ce_ensemble', float('nan')):.4g}, KL "
+                     f"{train.get('kl', float('nan')):.3g})")
+    acc = record.get("test_acc")
+    if acc:
+        parts.append("| test top-1 " + " ".join(f"{_short(k)} {100 * v:.1f}%"
+                                                for k, v in acc.items()))
+    parts.append(f"| lr {record.get('lr', float('nan')):.3g}  "
+                 f"{record.get('images_per_s', 0):,.0f} img/s  "
+                 f"{record.get('epoch_time_s', 0):.1f} s")
+    return "  ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -78,25 +79,41 @@ def check_target(target: torch.Tensor, n: int, source: str) -> None:
                          f"got {target.shape[0]}")
 
 
+def _is_number(x: object) -> bool:
+    """A real number that is not a tensor or a bool (NumPy scalars count)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, torch.Tensor))
+
+
 def check_options(temperature: float, weight_name: str, weight: float | torch.Tensor,
                   ignore_index: int, reduction: str) -> None:
-    """The scalar options every distillation loss takes, each error naming its argument.
+    """The settings every distillation loss takes, each error naming its argument.
 
-    ``weight`` (called ``weight_name``) may be a finite Python number or a 1-element tensor.
+    ``weight`` (called ``weight_name``) may be a finite, non-negative number or a 1-element
+    tensor. A tensor's value is checked when it lives on the CPU; on CUDA reading it would
+    synchronise with the device every call, so there a finite, non-negative value is the
+    caller's contract (a NaN shows up as a non-finite loss). Also used at construction.
+
+    Raises:
+        TypeError, ValueError: naming the argument.
     """
-    if isinstance(temperature, torch.Tensor) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a Python number, got {type(temperature).__name__}")
+    if not _is_number(temperature):
+        raise TypeError(f"temperature must be a Python number (or NumPy scalar), got "
+                        f"{type(temperature).__name__}")
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     if isinstance(weight, torch.Tensor):
         if weight.numel() != 1:
             raise ValueError(f"{weight_name} must be a number or a 1-element tensor, got shape "
                              f"{tuple(weight.shape)}")
-    elif not isinstance(weight, (int, float)) or not math.isfinite(weight):
-        raise ValueError(f"{weight_name} must be a finite number, got {weight!r}")
+        if weight.device.type == "cpu" and not _is_tracing():
+            value = float(weight)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{weight_name} must be finite and >= 0, got tensor({value})")
+    elif not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{weight_name} must be finite and >= 0, got {weight!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(ignore_index, int):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
 
 
@@ -123,6 +140,41 @@ def check_target_values(target: torch.Tensor, num_classes: int, ignore_index: in
         return
     if bool(bad.any()):
         raise ValueError(f"{message}; found {int(target[bad][0])}")
+
+
+def gate_tolerance(num_branches: int) -> float:
+    """How far a gate row's sum may be from 1: m x 2^-6, twice the worst rounding of m bfloat16
+    softmax outputs, so a gate computed under bf16 autocast (then stored in any dtype) passes."""
+    return num_branches * 2.0**-6
+
+
+def validate_gate_values(gate: torch.Tensor) -> None:
+    """Check the gate's values: every finite row non-negative and summing to 1 (within rounding).
+
+    A row holding NaN or inf is let through, like non-finite logits: it comes from a diverged
+    network, gives a NaN loss, and a trainer must see it as that (the step's non-finite-loss
+    check stops training and keeps the last checkpoint), not as a bad argument.
+
+    Runs only where it costs no host synchronisation: CPU tensors, outside torch.compile
+    tracing. On CUDA a valid gate (e.g. a softmax, as ``ONEResNet`` returns) is the caller's
+    contract: checking it would stall the device every call.
+
+    Args:
+        gate: (N, m) floating tensor (shape checked by :func:`validate_one_loss_args`).
+
+    Raises:
+        ValueError: naming the first offending row.
+    """
+    if gate.device.type != "cpu" or gate.numel() == 0 or _is_tracing():
+        return
+    g = gate.detach().to(torch.float64)
+    tol = gate_tolerance(gate.shape[1])
+    bad = torch.isfinite(g).all(1) & ((g < 0).any(1) | ((g.sum(1) - 1).abs() > tol))
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(
+            f"gate rows must be non-negative and sum to 1 (within {tol:.2g}); row {row} "
+            f"is {g[row].tolist()} (sum {float(g[row].sum()):.6g}): pass softmax weights")
 
 
 def describe(x: object) -> str:

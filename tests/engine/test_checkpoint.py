@@ -15,6 +15,8 @@ import torch
 from one_fast.engine import CheckpointError, capture_rng_state, load_checkpoint, save_checkpoint
 from one_fast.engine import checkpoint as ckpt
 
+from ..full_disk import fill_disk_after
+
 
 @dataclasses.dataclass
 class Cfg:
@@ -102,6 +104,19 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch, failure):
     assert only_files(tmp_path) == ["checkpoint.json", "checkpoint.pt"]  # no temp file left
     monkeypatch.undo()
     assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_full_disk_is_an_oserror_not_torchs_runtime_error(tmp_path, monkeypatch):
+    """torch.save reports a failing write as "enforce fail at inline_container.cc"; the caller
+    gets the OSError (ENOSPC) instead, and the previous checkpoint stays."""
+    save_checkpoint(tmp_path, make_state(epoch=1))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    fill_disk_after(monkeypatch, 4096, ".checkpoint.pt.")
+    with pytest.raises(OSError) as info:
+        save_checkpoint(tmp_path, make_state(epoch=2))
+    assert info.value.errno == errno.ENOSPC
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert only_files(tmp_path) == ["checkpoint.json", "checkpoint.pt"]
 
 
 def test_successful_write_replaces(tmp_path):

@@ -243,7 +243,7 @@ def test_bad_tensors(mutate, exc, match):
     (dict(temperature=0.0), ValueError, "temperature must be finite and > 0"),
     (dict(temperature=-1.0), ValueError, "temperature"),
     (dict(temperature=float("inf")), ValueError, "temperature"),
-    (dict(kl_weight=float("nan")), ValueError, "kl_weight must be a finite number"),
+    (dict(kl_weight=float("nan")), ValueError, "kl_weight must be finite and >= 0"),
     (dict(kl_weight=torch.ones(2)), ValueError, "kl_weight must be a number or a 1-element"),
     (dict(reduction="mean_all"), ValueError, "reduction must be one of"),
 ])

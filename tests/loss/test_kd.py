@@ -200,7 +200,7 @@ def test_bad_tensors(mutate, exc, match):
     (dict(temperature=-2.0), ValueError, "temperature"),
     (dict(temperature=float("nan")), ValueError, "temperature"),
     (dict(temperature=torch.tensor(4.0)), TypeError, "temperature must be a Python number"),
-    (dict(kd_weight=float("inf")), ValueError, "kd_weight must be a finite number"),
+    (dict(kd_weight=float("inf")), ValueError, "kd_weight must be finite and >= 0"),
     (dict(kd_weight=torch.ones(3)), ValueError, "kd_weight must be a number or a 1-element"),
     (dict(reduction="avg"), ValueError, "reduction must be one of"),
     (dict(ignore_index=1.5), TypeError, "ignore_index must be an int"),
