@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept and the interrupted one keeps its last "
+              "checkpoint; run the same command again to continue", file=sys.stderr)
+        return 130
     if args.dry_run:
         return 0
     write_table(result, options, path)

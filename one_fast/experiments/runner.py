@@ -32,6 +32,7 @@ from .tables import Configuration, Table
 TRAIN_MODULE = "one_fast.train"
 PRECISIONS = ("auto", "bf16", "none")
 FINISHED, RESUME, OVERWRITE, NEW = "finished", "resume", "overwrite", "new"
+INTERRUPT_GRACE_S = 60  # how long a Ctrl-C'd trainer may take to stop by itself
 
 
 @dataclass(frozen=True)
@@ -285,8 +286,19 @@ def train(command: list[str], log_path: Path) -> tuple[int, float, str]:
         log.write(f"$ {shown_command(command)}\n".encode())
         log.flush()
         began = time.perf_counter()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=_trainer_env())
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=_trainer_env())
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the trainer too: let it finish its own shutdown (it keeps its
+            # last checkpoint), so starting the runner again resumes the run.
+            try:
+                proc.wait(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
         seconds = time.perf_counter() - began
     return code, seconds, (_failure_reason(log_path, start, code) if code else "")
 
