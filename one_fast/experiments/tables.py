@@ -82,6 +82,8 @@ class Configuration:
         shared_stages, gate, share_stem: the network's sharing (ONE: 2, True, True).
         kl_weight: --kl-weight when not the trainer's default (0: no online distillation).
         teacher: name of the configuration whose run (same seed) is this one's --teacher.
+        teacher_output: the trainer's --teacher-output ("ensemble" or a branch index) when the
+            teacher's default (its ensemble) does not exist, e.g. "0" for a baseline teacher.
     """
 
     name: str
@@ -95,6 +97,7 @@ class Configuration:
     share_stem: bool = True
     kl_weight: float | None = None
     teacher: str | None = None
+    teacher_output: str | None = None
 
     @property
     def label(self) -> str:
@@ -122,6 +125,8 @@ class Configuration:
             flags.append("--no-share-stem")
         if self.kl_weight is not None:
             flags += ["--kl-weight", f"{self.kl_weight:g}"]
+        if self.teacher_output is not None:
+            flags += ["--teacher-output", self.teacher_output]
         return flags
 
 
@@ -204,7 +209,7 @@ def compare_table(datasets: list[str]) -> Table:
         # run just above), our choice of teacher; KD is not run for the ResNet-110 student.
         configs.append(Configuration(
             f"{dataset}-resnet32-kd", dataset, "resnet32", "kd", 1, (Row("KD", STUDENT),),
-            teacher=f"{dataset}-resnet110-baseline"))
+            teacher=f"{dataset}-resnet110-baseline", teacher_output="0"))
         for backbone in BACKBONES:
             configs.append(Configuration(
                 f"{dataset}-{backbone}-dml", dataset, backbone, "dml", 2,

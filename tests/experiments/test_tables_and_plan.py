@@ -72,6 +72,7 @@ def test_commands_carry_method_sharing_teacher_precision_and_extra_flags(tmp_pat
     teacher = runs["cifar100-resnet110-baseline"]
     assert kd[kd.index("--teacher") + 1] == str(teacher.run_dir)
     assert kd[kd.index("--method") + 1] == "kd" and kd[-1] == "--fused"
+    assert kd[kd.index("--teacher-output") + 1] == "0"  # a baseline teacher has no ensemble
     assert kd[kd.index("--amp") + 1] == "bf16" and kd[kd.index("--seed") + 1] == "3"
     assert teacher.run_dir == tmp_path / "compare/cifar100-resnet110-baseline/bf16-e5/seed3"
     dml = runs["cifar100-resnet32-dml"].command
