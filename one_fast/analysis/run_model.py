@@ -85,8 +85,11 @@ def load_analysed_run(run_dir: str | os.PathLike, device: torch.device | str = "
     config = config_from_dict(state["config"])
     if data_dir is not None:
         config = dataclasses.replace(config, data_dir=str(data_dir))
+    # The training split's statistics normalise the test images, so load it as trained
+    # (SVHN with or without its extra split).
     data = load_dataset(config.dataset, config.data_dir, download=False,
-                        synthetic_classes=config.synthetic_classes)
+                        synthetic_classes=config.synthetic_classes,
+                        svhn_extra=bool(getattr(config, "svhn_extra", False)))
     model = build_model(config, data.num_classes)
     try:
         model.load_state_dict(state["model"])
