@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 BACKBONES: dict[str, dict[str, object]] = {
     "resnet32": {"depth": 32, "block": "basic", "label": "ResNet-32"},
     "resnet110": {"depth": 164, "block": "bottleneck",
-                  "label": "ResNet-110 (authors' code: bottleneck, 164 layers)"},
+                  "label": "ResNet-110 (bottleneck 164)"},
 }
 
 # Top-1 error (%) on CIFAR-100, keyed (backbone, method, output). Source: the paper's main
