@@ -143,3 +143,23 @@ def test_cli_dry_run_prints_commands_and_writes_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
     assert main(["main", "--only", "x", "--dry-run"]) == 1
     assert "--only: x not in table 'main'" in capsys.readouterr().err
+
+
+def test_costs_the_trainer_stored_are_shown_as_stored(tmp_path):
+    from one_fast.experiments.runner import stored_costs
+
+    table = build_table("ensembles", ["digits"]).only(["digits-resnet32-one"])
+    (run,) = plan_runs(table, tiny_options(tmp_path, seeds=(0,)))
+    run.run_dir.mkdir(parents=True)
+    costs = {"train_flops": 7.0e9, "student_flops": 1.0e9, "ensemble_flops": 2.0e9,
+             "student_params": 1_000_000, "ensemble_params": 3_000_000}
+    (run.run_dir / "metrics.jsonl").write_text(
+        json.dumps({"epoch": 1, "costs": costs}) + "\n" + json.dumps({"epoch": 2}) + "\n")
+    assert stored_costs(run.run_dir) == costs
+    result = TableResult(table, [run])
+    result.outcomes[(run.config.name, 0)] = Outcome(
+        FINISHED, {"epoch": 2, "test_acc": {"branch_0": 0.5, "ensemble": 0.5}}, costs)
+    rows = [line for line in render(result, tiny_options(tmp_path)).splitlines()
+            if line.startswith("| digits-resnet32-one")]
+    assert rows[0].endswith("| 1.00M | 7e+09 | 1e+09 |")  # ONE: the student's test cost
+    assert rows[1].endswith("| 3.00M | 7e+09 | 2e+09 |")  # ONE-E: the whole network's
