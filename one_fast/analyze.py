@@ -62,7 +62,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Path]:
     """Run the analyses asked for; returns the files written."""
     run = load_analysed_run(args.run_dir, torch.device(args.device), data_dir=args.data_dir)
     out_dir = Path(args.out_dir) if args.out_dir else run.run_dir / "analysis"
-    method = getattr(run.config, "method", "one")
+    method = run.config.method
     logged = None if run.test_acc is None else 100.0 * (1.0 - run.test_acc["branch_0"])
     about = {"run_dir": str(run.run_dir), "epoch": run.epoch, "method": method,
              "members": None, "run_test_error_percent": logged}

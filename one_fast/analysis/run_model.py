@@ -22,7 +22,7 @@ from ..data import load_dataset
 from ..data.device import DeviceLoader, loaders_for
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.metrics import read_metrics
-from ..train import build_model
+from ..engine.model_setup import build_model, image_size
 
 
 @dataclass
@@ -89,7 +89,7 @@ def load_analysed_run(run_dir: str | os.PathLike, device: torch.device | str = "
     # (SVHN with or without its extra split).
     data = load_dataset(config.dataset, config.data_dir, download=False,
                         synthetic_classes=config.synthetic_classes,
-                        svhn_extra=bool(getattr(config, "svhn_extra", False)))
+                        svhn_extra=config.svhn_extra, synthetic_image_size=image_size(config))
     model = build_model(config, data.num_classes)
     try:
         model.load_state_dict(state["model"])
