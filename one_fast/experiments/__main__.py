@@ -1,0 +1,85 @@
+"""``python -m one_fast.experiments TABLE [options] [-- extra trainer flags]``.
+
+Trains every configuration x seed of one of the paper's tables (main, compare, ensembles,
+ablation, branches) as ordinary ``python -m one_fast.train`` runs, skipping finished runs and
+resuming unfinished ones, and rewrites ``<out-dir>/<TABLE>/TABLE.md`` after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data import DATASETS
+from .report import write_table
+from .runner import PRECISIONS, RunnerOptions, run_table, table_dir
+from .tables import TABLES, build_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m one_fast.experiments",
+        description="Reproduce one of the ONE paper's tables: every configuration x seed is "
+                    "one `python -m one_fast.train` run in its own folder (the command is "
+                    "printed); finished runs are skipped, unfinished ones resume. Trainer flags "
+                    "after `--` are added to every run (e.g. `-- --fused --download`).")
+    parser.add_argument("table", choices=list(TABLES), metavar="TABLE",
+                        help=f"one of: {', '.join(TABLES)}")
+    parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=None,
+                        help="datasets to run (default: the paper's: cifar10 cifar100 svhn for "
+                             "main, cifar100 for the others)")
+    parser.add_argument("--data-dir", default=None, help="the trainer's --data-dir")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="one run per seed (default: 0 1 2)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the recipe's epochs (the trainer scales its schedule)")
+    parser.add_argument("--out-dir", default="runs/experiments",
+                        help="runs and TABLE.md go under OUT_DIR/TABLE")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the trainer's --amp: auto = bf16 on CUDA, none (fp32) on the CPU")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="run only these configurations (and the teachers they need)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns 1 when a run failed, else 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args = build_parser().parse_args(argv)
+    options = RunnerOptions(out_dir=Path(args.out_dir), seeds=tuple(args.seeds),
+                            epochs=args.epochs, data_dir=args.data_dir,
+                            precision=args.precision, extra_flags=tuple(extra),
+                            dry_run=args.dry_run)
+    try:
+        table = build_table(args.table, args.dataset)
+        if args.only:
+            table = table.only(args.only)
+        path = table_dir(table, options) / "TABLE.md"
+        result = run_table(table, options,
+                           on_update=None if args.dry_run else
+                           lambda r: write_table(r, options, path))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept and the interrupted one keeps its last "
+              "checkpoint; run the same command again to continue", file=sys.stderr)
+        return 130
+    if args.dry_run:
+        return 0
+    write_table(result, options, path)
+    failed = [key for key, o in result.outcomes.items() if o.status == "failed"]
+    print(f"table: {path} ({len(result.runs) - len(failed)} of {len(result.runs)} runs "
+          f"finished{', ' + str(len(failed)) + ' failed' if failed else ''})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
