@@ -25,18 +25,19 @@ from .config import (
     parse_flags,
     validate_config,
 )
-from .data import load_dataset
 from .data.device import DeviceLoader, loaders_for
+from .deploy import input_spec, save_input_spec
 from .engine import distributed
 from .engine.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
 from .engine.costs import inference_flops, model_costs
 from .engine.evaluate import Evaluator
 from .engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
 from .engine.model_setup import (
+    autocast_dtype,
     build_method,
     build_model,
     describe_model,
-    image_size,
+    run_dataset,
     training_module,
 )
 from .engine.plot import plot_metrics
@@ -76,9 +77,7 @@ class Runtime:
 def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
     """Turn the config's defaults ("on for CUDA") into concrete choices; clear errors."""
     cuda = dist.device.type == "cuda"
-    amp = config.amp if config.amp is not None else ("bf16" if cuda else "none")
-    if amp not in ("bf16", "none"):
-        raise ValueError(f"--amp must be bf16 or none, got {amp!r}")
+    amp_dtype = autocast_dtype(config, dist.device)
     graphs = config.cuda_graphs
     if graphs is None:
         graphs = cuda and not dist.distributed
@@ -98,7 +97,7 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         device=dist.device,
         compile=config.compile if config.compile is not None else cuda,
         cuda_graphs=graphs,
-        amp_dtype=torch.bfloat16 if amp == "bf16" else None,
+        amp_dtype=amp_dtype,
         channels_last=config.channels_last if config.channels_last is not None else cuda,
         loss_backend=backend,
         note=note,
@@ -272,12 +271,12 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, config.download,
-                        synthetic_classes=config.synthetic_classes, svhn_extra=config.svhn_extra,
-                        synthetic_image_size=image_size(config))
+    data = run_dataset(config, config.download)
     if config.image_size is not None and data.image_shape[1:] != (config.image_size,) * 2:
         raise ValueError(f"--image-size {config.image_size}: --dataset {config.dataset} has "
                          f"{data.image_shape[1]}x{data.image_shape[2]} images")
+    if dist.is_main:  # what export and predict read instead of reloading the dataset
+        save_input_spec(config.out_dir, input_spec(data, config.data_dir))
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     method = make_method(config, rt.loss_backend)
     model = build_model(config, data.num_classes).to(rt.device, memory_format=memory_format)
