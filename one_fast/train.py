@@ -26,8 +26,7 @@ from .config import (
     parse_flags,
     validate_config,
 )
-from .data import load_dataset
-from .data.device import DeviceLoader, loaders_for
+from .data.loaders import Loader, build_loaders
 from .engine import distributed
 from .engine.checkpoint import load_checkpoint, save_checkpoint
 from .engine.evaluate import Evaluator
@@ -229,8 +228,13 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, config.download,
-                        synthetic_classes=config.synthetic_classes)
+    # Each rank trains on its shard and evaluates its share of the test set (counts summed).
+    train_loader, test_loader, data = build_loaders(
+        config.dataset, config.batch_size, device=rt.device, seed=config.seed,
+        data_dir=config.data_dir, download=config.download,
+        synthetic_classes=config.synthetic_classes, image_size=config.image_size,
+        rank=dist.rank, world_size=dist.world_size, channels_last=rt.channels_last,
+        data_threads=config.data_threads, prefetch=config.prefetch)
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     model = build_model(config, data.num_classes).to(rt.device, memory_format=memory_format)
     if config.sync_bn:
@@ -257,11 +261,6 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         start_epoch = int(state["epoch"])  # epochs completed
         _say(dist, f"resumed from {config.resume} after epoch {start_epoch}")
 
-    shard = len(data.train_labels) // dist.world_size
-    if config.batch_size > shard:
-        raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
-                         f"({shard} images per process): no full batch could be made")
-
     train_model: nn.Module = model
     if dist.distributed:
         train_model = nn.parallel.DistributedDataParallel(
@@ -270,12 +269,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                      amp_dtype=rt.amp_dtype, compile=rt.compile, cuda_graphs=rt.cuda_graphs)
     evaluator = Evaluator(model, amp_dtype=rt.amp_dtype, compile=rt.compile,
                           all_reduce=distributed.all_reduce_sum if dist.distributed else None)
-    # Each rank trains on its shard and evaluates its share of the test set (counts summed).
-    train_loader, test_loader = loaders_for(
-        data, config.batch_size, device=rt.device, seed=config.seed, rank=dist.rank,
-        world_size=dist.world_size, shard_eval=True, channels_last=rt.channels_last)
-    _say(dist, f"one_fast: {config.dataset} ({len(data.train_labels)} train / "
-               f"{len(data.test_labels)} test, {data.num_classes} classes), ResNet-{config.depth} "
+    _say(dist, f"one_fast: {config.dataset} ({data.num_train} train / {data.num_test} test, "
+               f"{data.num_classes} classes, {data.image_size}px), ResNet-{config.depth} "
                f"m={config.num_branches}, {sum(p.numel() for p in model.parameters()):,} params, "
                f"device {rt.device}, world {dist.world_size}, loss {rt.loss_backend}, "
                f"compile {rt.compile}, cuda graphs {rt.cuda_graphs}, amp "
@@ -344,7 +339,7 @@ def _finish(dist: distributed.DistInfo, run_dir: Path, record: dict[str, object]
 
 
 def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, step: TrainStep,
-                 loader: DeviceLoader, epoch: int) -> dict[str, object]:
+                 loader: Loader, epoch: int) -> dict[str, object]:
     lr_value = learning_rate(epoch, config.lr, config.lr_milestones, config.lr_decay)
     kl_value = kl_weight(epoch, config.kl_weight, config.rampup)
     step.lr.fill_(lr_value)
@@ -374,6 +369,12 @@ def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, s
         "train": means, "images_per_s": images * dist.world_size / elapsed,
         "epoch_time_s": elapsed, **peak_memory_record(rt.device),
     }
+    stats = getattr(loader, "stats", None)  # the ImageNet loader's InputStats of this epoch
+    if stats is not None:
+        record["step_images_per_s"] = images * dist.world_size / max(elapsed - stats.wait_s,
+                                                                     1e-9)
+        record["input"] = {"images_per_s": stats.images_per_s * dist.world_size,
+                           "wait_fraction": stats.wait_fraction, "build_s": stats.build_s}
     telemetry = gpu_telemetry(rt.device)
     if telemetry:
         record["gpu"] = telemetry
