@@ -1,0 +1,105 @@
+"""``python -m one_fast.train --dataset imagenet`` on the CPU (DALI's CPU mode) on a tiny
+ImageNet-layout folder: an epoch, the input-pipeline accounting, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from one_fast import train
+from one_fast.data.imagenet import dali_available
+from one_fast.data.loaders import build_loaders
+from one_fast.engine.checkpoint import load_checkpoint
+
+from .data.imagenet_files import make_tiny_imagenet
+
+needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed "
+                                "(pip install nvidia-dali-cuda130)")
+# The smallest network that trains through today's model path, on 64x64 crops, 4 steps/epoch.
+FLAGS = ["--dataset", "imagenet", "--fused", "--image-size", "64", "--batch-size", "4",
+         "--depth", "8", "--data-threads", "1", "--lr-milestones", "", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_imagenet(tmp_path_factory.mktemp("imagenet_train"))
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+
+
+@pytest.mark.slow
+@needs_dali
+def test_one_epoch_through_the_cli_then_exact_resume(tiny, tmp_path, capsys):
+    data = ["--data-dir", str(tiny.root)]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train.main([*FLAGS, *data, "--epochs", "2", "--out-dir", str(straight)]) == 0
+    assert train.main([*FLAGS, *data, "--epochs", "1", "--out-dir", str(split)]) == 0
+    out = capsys.readouterr().out
+    assert "imagenet (19 train / 10 test, 3 classes, 64px)" in out
+    assert "waited for data" in out  # the console line reports the input pipeline apart
+
+    first = _records(split)[0]
+    assert first["epoch"] == 1 and first["step"] == 4  # 19 images // batch 4
+    assert set(first["test_acc"]) == {"branch_0", "branch_1", "branch_2", "ensemble"}
+    source = first["input"]
+    assert source["images_per_s"] > 0 and 0 <= source["wait_fraction"] <= 1
+    assert first["step_images_per_s"] >= first["images_per_s"]  # waiting time taken out
+
+    assert train.main(["--resume", str(split), "--epochs", "2"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert [r["epoch"] for r in _records(split)] == [1, 2]
+    # The loader restarts epoch 2 exactly as the uninterrupted run ran it: same weights.
+    a, b = load_checkpoint(straight)["model"], load_checkpoint(split)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _records(straight)[1]["train"] == _records(split)[1]["train"]
+
+
+def test_missing_dali_is_one_line_with_the_install_command(tiny, tmp_path, capsys,
+                                                           monkeypatch):
+    real_import = builtins.__import__
+
+    def no_dali(name, *args, **kwargs):
+        if name.startswith("nvidia.dali") or name == "nvidia":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
+    code = train.main([*FLAGS, "--data-dir", str(tiny.root), "--epochs", "1",
+                       "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "pip install nvidia-dali-cuda130" in err and '-e ".[imagenet]"' in err
+
+
+def test_bad_layout_is_one_line_naming_the_fix(tiny, tmp_path, capsys):
+    root = tmp_path / "half"
+    (root / "train" / "n00000001").mkdir(parents=True)
+    (root / "val").mkdir()
+    (root / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"not sorted yet")
+    code = train.main([*FLAGS, "--data-dir", str(root), "--epochs", "1",
+                       "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "outside class folders" in err and "one_fast.prepare_imagenet" in err
+
+
+def test_image_size_of_a_fixed_size_dataset_is_refused():
+    with pytest.raises(ValueError, match="--image-size 64: digits images are 16x16"):
+        build_loaders("digits", 64, device="cpu", seed=0, image_size=64)
+    _, _, info = build_loaders("digits", 64, device="cpu", seed=0, image_size=16)
+    assert (info.num_classes, info.image_size) == (10, 16)
+
+
+def test_batch_larger_than_a_shard_names_the_flag():
+    with pytest.raises(ValueError, match="--batch-size 800 is larger than the training set "
+                                         r"\(718 images per process\)"):
+        build_loaders("digits", 800, device="cpu", seed=0, world_size=2)
