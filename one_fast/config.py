@@ -169,7 +169,8 @@ class TrainConfig:
 MODEL_FIELDS = ("dataset", "depth", "block", "num_branches", "shared_stages", "gate",
                 "synthetic_classes")
 # Fields that say where and how this invocation runs, never taken from a resumed checkpoint.
-INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device")
+INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device", "data_threads",
+                     "prefetch")
 
 PRESETS: dict[str, dict[str, object]] = {
     # Finishes in about two minutes on 2 CPU cores and reaches >90% ensemble accuracy.
