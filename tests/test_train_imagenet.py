@@ -120,7 +120,7 @@ def test_image_size_of_a_fixed_size_dataset_is_refused():
     with pytest.raises(ValueError, match="--image-size 64: digits images are 16x16"):
         build_loaders("digits", 64, device="cpu", seed=0, image_size=64)
     _, _, info = build_loaders("digits", 64, device="cpu", seed=0, image_size=16)
-    assert (info.num_classes, info.image_size) == (10, 16)
+    assert (info.num_classes, info.image_shape) == (10, (3, 16, 16))
 
 
 def test_batch_larger_than_a_shard_names_the_flag():

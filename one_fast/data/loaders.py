@@ -43,10 +43,16 @@ class DatasetInfo:
     num_classes: int
     image_size: int
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image in a batch."""
+        return (3, self.image_size, self.image_size)
+
 
 def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, seed: int,
                   data_dir: str | Path = "data", download: bool = False,
-                  synthetic_classes: int = 100, image_size: int | None = None,
+                  synthetic_classes: int = 100, svhn_extra: bool = False,
+                  image_size: int | None = None,
                   rank: int = 0, world_size: int = 1, channels_last: bool = False,
                   data_threads: int | None = None,
                   prefetch: int = 3) -> tuple[Loader, Loader, DatasetInfo]:
@@ -63,6 +69,7 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
         data_dir: the dataset's folder (ImageNet: DIR holding train/<wnid>/ and val/<wnid>/).
         download: fetch a missing CIFAR / SVHN archive (ImageNet cannot be downloaded).
         synthetic_classes: classes of the synthetic dataset.
+        svhn_extra: add SVHN's extra split to its training split.
         image_size: ImageNet crop size (default 224) or the synthetic images' size (default
             32); the other datasets have a fixed size, which this must equal if given.
         rank, world_size: this process's place in data-parallel training.
@@ -93,6 +100,7 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
         info = DatasetInfo(dataset, len(layout.train), len(layout.val), layout.num_classes, size)
         return train, test, info
     data = load_dataset(dataset, data_dir, download, synthetic_classes=synthetic_classes,
+                        svhn_extra=svhn_extra,
                         **({"synthetic_image_size": image_size}
                            if dataset == "synthetic" and image_size else {}))
     height = data.image_shape[1]
