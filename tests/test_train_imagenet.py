@@ -117,7 +117,7 @@ def test_bad_layout_is_one_line_naming_the_fix(tiny, tmp_path, capsys):
 
 
 def test_image_size_of_a_fixed_size_dataset_is_refused():
-    with pytest.raises(ValueError, match="--image-size 64: digits images are 16x16"):
+    with pytest.raises(ValueError, match="--image-size 64: --dataset digits has 16x16 images"):
         build_loaders("digits", 64, device="cpu", seed=0, image_size=64)
     _, _, info = build_loaders("digits", 64, device="cpu", seed=0, image_size=16)
     assert (info.num_classes, info.image_shape) == (10, (3, 16, 16))

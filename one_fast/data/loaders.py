@@ -105,8 +105,8 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
                            if dataset == "synthetic" and image_size else {}))
     height = data.image_shape[1]
     if image_size is not None and image_size != height:
-        raise ValueError(f"--image-size {image_size}: {dataset} images are {height}x{height} "
-                         "and are not resized; leave --image-size out")
+        raise ValueError(f"--image-size {image_size}: --dataset {dataset} has "
+                         f"{height}x{height} images (not resized; leave --image-size out)")
     _check_batch_size(batch_size, len(data.train_labels), world_size)
     train, test = loaders_for(data, batch_size, device=device, seed=seed, rank=rank,
                               world_size=world_size, shard_eval=True,
