@@ -3,7 +3,7 @@ engine's optimisations alone on top of the authors' step.
 
 Every variant is one :class:`one_fast.engine.step.TrainStep` call per batch — forward, ONE loss,
 backward, SGD update — built from the trainer's own pieces (``one_fast.train``: the config's
-runtime resolution, ``build_model``, ``make_criterion``) on synthetic CIFAR-100-shaped batches
+runtime resolution, ``build_model``, ``make_method``) on synthetic CIFAR-100-shaped batches
 already on the device (``one_fast.data``'s device loader, augmented there), a different batch
 each step.
 
@@ -108,7 +108,7 @@ def build_step(variant: Variant, config, runtime) -> TrainStep:
     optimizer = train.build_optimizer(config, runtime, model, lr)
     if runtime.compile:
         torch._dynamo.reset()  # each compiled variant starts from a clean cache
-    step = TrainStep(model, optimizer, train.make_criterion(config, runtime.loss_backend), lr,
+    step = TrainStep(model, optimizer, train.make_method(config, runtime.loss_backend), lr,
                      amp_dtype=runtime.amp_dtype, compile=runtime.compile,
                      cuda_graphs=runtime.cuda_graphs)
     step.kl_weight.fill_(config.kl_weight)

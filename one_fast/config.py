@@ -17,11 +17,14 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .methods import METHODS
+from .models.factory import ARCHS
+
 # --help sections, in order: (group name, title).
 GROUPS = (
     ("data", "data"),
     ("model", "model"),
-    ("method", "method (the ONE loss)"),
+    ("method", "method (one, baseline, kd, dml, ensemble) and its loss"),
     ("optimisation", "optimisation"),
     ("speed", "speed (defaults: on for CUDA, off on the CPU)"),
     ("output", "output and run folder"),
@@ -59,7 +62,7 @@ NON_NEGATIVE = Range(0)
 
 
 def option(default: Any, group: str, *, within: Range | None = None,
-           choices: tuple[str, ...] | None = None) -> Any:
+           choices: tuple[str, ...] | None = None, arch_option: bool = False) -> Any:
     """A :class:`TrainConfig` field with its ``--help`` group and allowed values.
 
     Args:
@@ -67,9 +70,13 @@ def option(default: Any, group: str, *, within: Range | None = None,
         group: one of :data:`GROUPS`' names.
         within: numeric range every value (or every element of a tuple) must lie in.
         choices: allowed strings (``None`` stays allowed where the default is ``None``).
+        arch_option: the field is an option of some archs (``ARCHS[arch].options``): default
+            ``None`` (= the arch's own default), help listed per arch, refused by archs that do
+            not take it.
     """
     return dataclasses.field(default=default,
-                             metadata={"group": group, "within": within, "choices": choices})
+                             metadata={"group": group, "within": within, "choices": choices,
+                                       "arch_option": arch_option})
 
 
 @dataclass
@@ -77,19 +84,17 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the embedded digits run."""
 
     # Dataset: digits (embedded, scikit-learn's handwritten digits, 1,437 training images),
-    # cifar10, cifar100 (need the archive in --data-dir, or --download), synthetic
+    # cifar10, cifar100, svhn (need their files in --data-dir, or --download), synthetic
     # (CIFAR-100-shaped random images for timing the GPU path: nothing to learn, so accuracy
     # stays at chance; on a CPU one ResNet-32 epoch of it takes minutes), or imagenet
     # (ILSVRC2012 JPEGs in --data-dir, decoded by NVIDIA DALI: pip install -e ".[imagenet]").
     dataset: str = option("digits", "data",
-                          choices=("digits", "cifar10", "cifar100", "synthetic", "imagenet"))
-    # Folder holding the CIFAR "python version" archives (or their extracted folders), or the
-    # ImageNet folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG; see python -m
+                          choices=("digits", "cifar10", "cifar100", "svhn", "synthetic",
+                                   "imagenet"))
+    # Folder holding the CIFAR "python version" archives (or their extracted folders), the
+    # SVHN files, or the ImageNet folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG; see python -m
     # one_fast.prepare_imagenet).
     data_dir: str = option("data", "data")
-    # Input height = width (default: 224 for imagenet, 32 for synthetic; the other datasets
-    # have a fixed size). ImageNet crops are resized to it.
-    image_size: int | None = option(None, "data", within=Range(8))
     # ImageNet: DALI CPU threads per process (default: this process's CPUs divided among the
     # processes on the node).
     data_threads: int | None = option(None, "data", within=AT_LEAST_1)
@@ -99,19 +104,52 @@ class TrainConfig:
     download: bool = option(False, "data")
     # Classes of the synthetic dataset (other datasets fix their own).
     synthetic_classes: int = option(100, "data", within=Range(2))
-    # ResNet depth: 6n+2 for basic blocks (8, 20, 32, 56, 110), 9n+2 for bottleneck (164).
-    depth: int = option(8, "model", within=Range(2))
-    # Residual block: basic or bottleneck.
-    block: str = option("basic", "model", choices=("basic", "bottleneck"))
-    # m, the number of branches (1 trains the plain baseline network).
+    # Add SVHN's 531,131-image "extra" split to its training split (as the ONE authors do).
+    svhn_extra: bool = option(False, "data")
+    # Input height and width (default: the arch's own, 32 or 224): ImageNet's crop size and
+    # the synthetic dataset's image size; the other datasets' images must have this size.
+    image_size: int | None = option(None, "data", within=Range(8))
+    # Network architecture (CIFAR: resnet, wrn, resnext29, densenet_bc; ImageNet: resnet18,
+    # resnext50_32x4d); its options are the flags below, each taken by some archs only.
+    arch: str = option("resnet", "model", choices=tuple(ARCHS))
+    # Depth of the network.
+    depth: int | None = option(None, "model", within=Range(2), arch_option=True)
+    # Residual block.
+    block: str | None = option(None, "model", choices=("basic", "bottleneck"),
+                               arch_option=True)
+    # Widening factor.
+    width: int | None = option(None, "model", within=AT_LEAST_1, arch_option=True)
+    # Dropout probability.
+    dropout: float | None = option(None, "model", within=Range(0, 1, high_open=True),
+                                   arch_option=True)
+    # Groups of the grouped convolutions.
+    cardinality: int | None = option(None, "model", within=AT_LEAST_1, arch_option=True)
+    # Channels per group in the first stage.
+    base_width: int | None = option(None, "model", within=AT_LEAST_1, arch_option=True)
+    # First stage's output channels / 64.
+    widen_factor: int | None = option(None, "model", within=AT_LEAST_1, arch_option=True)
+    # Growth rate k.
+    growth_rate: int | None = option(None, "model", within=AT_LEAST_1, arch_option=True)
+    # m, the number of branches (or of independent members for dml and ensemble).
     num_branches: int = option(3, "model", within=AT_LEAST_1)
-    # Stages in the shared trunk: 2 is the paper's ONE; 1 and 0 are the less-shared ablations.
-    shared_stages: int = option(2, "model", within=Range(0, 2))
+    # Stages in the shared trunk (default: all but the last, the paper's ONE; fewer are the
+    # less-shared ablations).
+    shared_stages: int | None = option(None, "model", within=Range(0, 3))
+    # Share the stem; --no-share-stem with --shared-stages 0 makes the branches fully
+    # independent networks (still gated and distilled from their ensemble under ONE).
+    share_stem: bool = option(True, "model")
     # Learn the gate; --no-gate weights branches uniformly (the "no gate" ablation).
     gate: bool = option(True, "model")
-    # Temperature T of the KL distillation terms.
-    temperature: float = option(3.0, "method", within=POSITIVE)
-    # Weight of the KL terms after ramp-up.
+    # Training method: one (ONE), baseline (one network, plain CE), kd (a student distilled
+    # from --teacher), dml (Deep Mutual Learning peers), ensemble (m independent networks).
+    method: str = option("one", "method", choices=tuple(METHODS))
+    # kd: the run folder of the frozen teacher (any method's finished run on the same data).
+    teacher: str | None = option(None, "method")
+    # kd: what the teacher teaches with: ensemble (its ensemble's logits) or a branch index.
+    teacher_output: str = option("ensemble", "method")
+    # Temperature T of the distillation terms (default: the method's, one 3, kd 4, dml 1).
+    temperature: float | None = option(None, "method", within=POSITIVE)
+    # Weight of the KL terms after ramp-up (0: no distillation, the KL terms are not computed).
     kl_weight: float = option(1.0, "method", within=NON_NEGATIVE)
     # Epochs of KL-weight ramp-up by exp(-5(1-t)^2) as in the ONE authors' code; 0 disables it.
     rampup: int = option(0, "method", within=NON_NEGATIVE)
@@ -165,22 +203,25 @@ class TrainConfig:
     progress: bool = option(True, "output")
 
 
-# Model-shaping fields a checkpoint must agree on before it can be resumed.
-MODEL_FIELDS = ("dataset", "depth", "block", "num_branches", "shared_stages", "gate",
-                "synthetic_classes")
+# The fields that are options of some archs (None: the arch's default).
+ARCH_OPTION_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata["arch_option"])
+# Model- and data-shaping fields a checkpoint must agree on before it can be resumed.
+MODEL_FIELDS = ("dataset", "svhn_extra", "image_size", "arch", *ARCH_OPTION_FIELDS,
+                "num_branches", "shared_stages", "share_stem", "gate", "synthetic_classes",
+                "method")
 # Fields that say where and how this invocation runs, never taken from a resumed checkpoint.
 INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device", "data_threads",
                      "prefetch")
 
 PRESETS: dict[str, dict[str, object]] = {
     # Finishes in about two minutes on 2 CPU cores and reaches >90% ensemble accuracy.
-    "digits": dict(dataset="digits", depth=8, epochs=12, batch_size=64, lr_milestones=(8, 11),
-                   rampup=0, out_dir="runs/digits"),
+    "digits": dict(dataset="digits", depth=8, block="basic", epochs=12, batch_size=64,
+                   lr_milestones=(8, 11), rampup=0, out_dir="runs/digits"),
     # The ONE authors' CIFAR recipe (ResNet-32, m=3, 300 epochs, batch 128, SGD 0.1, x0.1 at
     # 150 and 225, wd 1e-4, T=3, KL ramp-up over 80 epochs).
-    "cifar100": dict(dataset="cifar100", depth=32, epochs=300, batch_size=128,
+    "cifar100": dict(dataset="cifar100", depth=32, block="basic", epochs=300, batch_size=128,
                      lr_milestones=(150, 225), rampup=80, out_dir="runs/cifar100"),
-    "cifar10": dict(dataset="cifar10", depth=32, epochs=300, batch_size=128,
+    "cifar10": dict(dataset="cifar10", depth=32, block="basic", epochs=300, batch_size=128,
                     lr_milestones=(150, 225), rampup=80, out_dir="runs/cifar10"),
     # ImageNet ONE ResNet-18, m=3, the last stage branched: 90 epochs, batch 256 (--batch-size
     # is per process: give 256/K to K processes), SGD lr 0.1 momentum 0.9 (no Nesterov), x0.1
@@ -190,11 +231,20 @@ PRESETS: dict[str, dict[str, object]] = {
     # read here): whether it uses Nesterov momentum, milestones at 50%/75% of training, branches
     # the last two blocks rather than the last stage, or ramps the KL weight up on ImageNet
     # (this preset does not). --arch resnext50_32x4d trains the paper's ResNeXt-50 row.
-    "imagenet": dict(dataset="imagenet", num_branches=3, epochs=90, batch_size=256, lr=0.1,
-                     momentum=0.9, nesterov=False, weight_decay=1e-4, lr_milestones=(30, 60),
-                     lr_decay=0.1, rampup=0, out_dir="runs/imagenet"),
+    "imagenet": dict(dataset="imagenet", arch="resnet18", num_branches=3, epochs=90,
+                     batch_size=256, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                     lr_milestones=(30, 60), lr_decay=0.1, rampup=0, out_dir="runs/imagenet"),
+    # The ONE authors' SVHN recipe: their cifar_one.py trains on train+extra without
+    # augmentation, batch 128, SGD 0.1 momentum 0.9; the 40 epochs come from the paper. Their
+    # code does not fix the milestones or the weight decay for SVHN: 20/30 are CIFAR's 150/225
+    # at the same fractions of the run, wd stays CIFAR's 1e-4. The KL ramp-up is scaled the
+    # same way (80 of 300 epochs -> 11 of 40), as --epochs 40 would scale the CIFAR recipe:
+    # the paper's loss has the KL weight at 1 after the ramp, and a fixed 80-epoch ramp over a
+    # 40-epoch run would end at exp(-5 (1 - 39/80)^2) = 0.27, never training that loss.
+    "svhn": dict(dataset="svhn", svhn_extra=True, depth=32, block="basic", epochs=40,
+                 batch_size=128, lr_milestones=(20, 30), rampup=11, out_dir="runs/svhn"),
     # CIFAR-100-shaped random data: throughput runs, no accuracy to expect.
-    "synthetic": dict(dataset="synthetic", depth=32, epochs=2, batch_size=128,
+    "synthetic": dict(dataset="synthetic", depth=32, block="basic", epochs=2, batch_size=128,
                       lr_milestones=(), rampup=0, out_dir="runs/synthetic"),
 }
 
@@ -246,6 +296,37 @@ def validate_config(config: TrainConfig) -> None:
     if config.device != "auto" and config.device.split(":")[0] not in ("cpu", "cuda") or (
             config.device.startswith("cuda:") and not config.device[5:].isdigit()):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
+    validate_model_fields(config)
+
+
+def validate_model_fields(config: TrainConfig) -> None:
+    """Check that the arch, its options and the method agree; ValueError naming the flag."""
+    takes = ARCHS[config.arch].options
+    for name in ARCH_OPTION_FIELDS:
+        value = getattr(config, name)
+        if value is not None and name not in takes:
+            taken = [flag_name(k) for k in ARCH_OPTION_FIELDS if k in takes]
+            raise ValueError(f"{flag_name(name)} {_show(value)} is not taken by --arch "
+                             f"{config.arch} (its options: {', '.join(taken) or 'none'})")
+    most = takes["shared_stages"].default  # every stage but the last: the paper's ONE
+    if config.shared_stages is not None and config.shared_stages > most:
+        raise ValueError(f"--shared-stages must be in [0, {most}] for --arch {config.arch}, got "
+                         f"{config.shared_stages}")
+    if not config.share_stem and config.shared_stages != 0:
+        raise ValueError("--no-share-stem needs --shared-stages 0 (a per-branch stem cannot "
+                         "feed a shared stage)")
+    METHODS[config.method]().check(num_branches=config.num_branches,
+                                   shared_stages=config.shared_stages,
+                                   share_stem=config.share_stem, gate=config.gate)
+    if config.method == "kd" and not config.teacher:
+        raise ValueError("--method kd needs --teacher RUN_DIR (a finished one_fast run on the "
+                         "same dataset)")
+    if config.teacher and config.method != "kd":
+        raise ValueError(f"--teacher is only used by --method kd (this run is --method "
+                         f"{config.method})")
+    if config.teacher_output != "ensemble" and not config.teacher_output.isdigit():
+        raise ValueError(f"--teacher-output must be ensemble or a branch index (0, 1, ...), got "
+                         f"{config.teacher_output!r}")
 
 
 def _show(value: object) -> str:
@@ -298,6 +379,8 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         kind = str(f.type)
         text = f"{helps.get(f.name, '')} (default: {_show_default(f, shown[f.name])})"
+        if f.metadata["arch_option"]:
+            text = _arch_option_help(f.name, shown[f.name])
         kwargs: dict[str, object] = dict(default=argparse.SUPPRESS, help=text)
         if kind.startswith("bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -308,6 +391,14 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                 "choices") else f.name.split("_")[-1].upper()
         sections[f.metadata["group"]].add_argument(flag_name(f.name), **kwargs)
     return parser
+
+
+def _arch_option_help(name: str, preset_value: object) -> str:
+    """Which archs take option ``name``, each with its own help and default."""
+    per_arch = [f"{arch}: {spec.options[name].help} (default {_show(spec.options[name].default)})"
+                for arch, spec in ARCHS.items() if name in spec.options]
+    preset = f"; this preset: {_show(preset_value)}" if preset_value is not None else ""
+    return f"taken by {'; '.join(per_arch)}{preset}"
 
 
 def _preset_of(argv: list[str] | None) -> str | None:
@@ -377,10 +468,16 @@ def config_from_flags(given: dict[str, object],
     if base is None:
         if preset_name not in PRESETS:
             raise ValueError(f"--dataset {preset_name!r}: expected one of {sorted(PRESETS)}")
-        values = {**PRESETS[preset_name], **given}
+        preset = PRESETS[preset_name]
+        if given.get("arch", "resnet") != preset.get("arch", "resnet"):
+            # The preset's arch options describe its own arch (a ResNet): another --arch starts
+            # from that arch's defaults.
+            preset = {k: v for k, v in preset.items() if k not in ARCH_OPTION_FIELDS}
+        values = {**preset, **given}
         notes = scale_schedule(values, given, PRESETS[preset_name])
     else:
         values = {**base, **given}
+    apply_method_requirements(values, given)
     if given.get("resume") and "out_dir" not in given:
         values["out_dir"] = run_dir_of(str(given["resume"]))
     config = TrainConfig(**values)
@@ -390,6 +487,21 @@ def config_from_flags(given: dict[str, object],
                      f"{config.epochs}: the KL weight never reaches --kl-weight "
                      f"{config.kl_weight:g}")
     return config, notes
+
+
+def apply_method_requirements(values: dict[str, object], given: dict[str, object]) -> None:
+    """Set the model fields the method fixes (``required_model``) unless given as flags.
+
+    ``--method dml`` alone gives fully independent members (``--shared-stages 0
+    --no-share-stem --no-gate``); a flag given explicitly that contradicts the method is an
+    error naming it (e.g. ``--method baseline --num-branches 3``). Changes ``values`` in place.
+    """
+    cls = METHODS.get(str(values.get("method", TrainConfig.method)))
+    if cls is None:  # validate_config names the bad --method
+        return
+    method = cls()
+    method.check(**{k: v for k, v in given.items() if k in method.required_model})
+    values.update(method.required_model)
 
 
 def run_dir_of(path: str) -> str:
@@ -426,7 +538,8 @@ def config_from_dict(values: dict[str, object]) -> TrainConfig:
     return TrainConfig(**fixed)
 
 
-__all__ = ["GROUPS", "INVOCATION_FIELDS", "MODEL_FIELDS", "PRESETS", "Range", "TrainConfig",
-           "build_parser", "config_from_args", "config_from_dict", "config_from_flags",
-           "config_to_dict", "field_comments", "flag_name", "option", "parse_flags",
-           "run_dir_of", "scale_schedule", "validate_config"]
+__all__ = ["ARCH_OPTION_FIELDS", "GROUPS", "INVOCATION_FIELDS", "MODEL_FIELDS", "PRESETS",
+           "Range", "TrainConfig", "apply_method_requirements", "build_parser",
+           "config_from_args", "config_from_dict", "config_from_flags", "config_to_dict",
+           "field_comments", "flag_name", "option", "parse_flags", "run_dir_of",
+           "scale_schedule", "validate_config", "validate_model_fields"]

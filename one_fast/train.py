@@ -8,7 +8,6 @@ logs and checkpoints.
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -28,17 +27,26 @@ from .config import (
 )
 from .data.loaders import Loader, build_loaders
 from .engine import distributed
-from .engine.checkpoint import load_checkpoint, save_checkpoint
+from .engine.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
+from .engine.costs import inference_flops, model_costs
 from .engine.evaluate import Evaluator
 from .engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
+from .engine.model_setup import (
+    build_method,
+    build_model,
+    describe_model,
+    image_size,
+    training_module,
+)
 from .engine.plot import plot_metrics
 from .engine.progress import EpochProgress, epoch_line
 from .engine.rng import capture_rng_state, restore_rng_state
 from .engine.run_folder import prepare_run_folder
 from .engine.schedule import kl_weight, learning_rate
 from .engine.step import NonFiniteLossError, TrainStep
-from .loss import FUSED_MAX_TEMPERATURE, available_backends, native, one_loss
-from .models import ONEResNet
+from .loss import FUSED_MAX_TEMPERATURE, available_backends, native
+from .methods import DEFAULT_TEMPERATURE, Method
+from .models import ARCHS
 from .models.resnet import blocks_per_stage
 
 PROGRESS_EVERY = 25  # steps between the (synchronising) reads of the running loss
@@ -79,7 +87,12 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         raise ValueError("--cuda-graphs is not supported together with DDP; use --no-cuda-graphs")
     if config.sync_bn and not cuda:
         raise ValueError("--sync-bn needs CUDA devices (NCCL)")
-    backend, note = _fused_backend(config, dist.device) if config.fused else ("reference", "")
+    backend, note = ("reference", "")
+    if config.fused and config.method != "one":
+        note = (f"--fused: the fused kernels compute the ONE loss; --method {config.method} "
+                "uses its reference PyTorch loss")
+    elif config.fused:
+        backend, note = _fused_backend(config, dist.device)
     return Runtime(
         device=dist.device,
         compile=config.compile if config.compile is not None else cuda,
@@ -104,7 +117,8 @@ def native_unavailable_reason() -> str:
 def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]:
     """The fused backend --fused runs on ``device``, and a note when it is not the CUDA kernel."""
     m = config.num_branches
-    if config.temperature > FUSED_MAX_TEMPERATURE:
+    temperature = DEFAULT_TEMPERATURE["one"] if config.temperature is None else config.temperature
+    if temperature > FUSED_MAX_TEMPERATURE:
         return "reference", (f"--fused: the fused kernels are not accurate in float32 at "
                              f"--temperature above {FUSED_MAX_TEMPERATURE:g}; using the "
                              "reference loss (cancellation-free KL)")
@@ -126,12 +140,6 @@ def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]
     return "reference", f"--fused: no fused kernel can run here: {why}; using the reference loss"
 
 
-def build_model(config: TrainConfig, num_classes: int) -> ONEResNet:
-    """The ONE network the config describes (batched branches)."""
-    return ONEResNet(config.depth, num_classes, config.num_branches, config.block,
-                     config.shared_stages, config.gate, batched=True)
-
-
 def build_optimizer(config: TrainConfig, rt: Runtime, model: nn.Module,
                     lr: torch.Tensor) -> torch.optim.SGD:
     """SGD with the run's settings and the learning rate as a device tensor.
@@ -145,16 +153,47 @@ def build_optimizer(config: TrainConfig, rt: Runtime, model: nn.Module,
                            **({"fused": True} if fused else {"foreach": True}))
 
 
-def make_criterion(config: TrainConfig, backend: str):
-    """``criterion(logits, gate, y, kl_weight)`` -> ONELossTerms, with the run's settings."""
-    loss = functools.partial(one_loss, temperature=config.temperature,
-                             detach_teacher=config.detach_teacher, backend=backend,
-                             return_terms=True)
-    return lambda logits, gate, y, w: loss(logits, gate, y, kl_weight=w)
+def make_method(config: TrainConfig, backend: str) -> Method:
+    """The run's training method (its loss on ``backend`` for ONE)."""
+    return build_method(config, backend)
 
 
-def _expected_fields(config: TrainConfig) -> dict[str, object]:
-    return {name: getattr(config, name) for name in MODEL_FIELDS}
+def run_costs(config: TrainConfig, num_classes: int,
+              input_shape: tuple[int, ...], teacher: nn.Module | None = None
+              ) -> tuple[dict[str, object], str]:
+    """FLOPs per image and parameters of the run's network (counted on the meta device).
+
+    The loss is the method's reference formulation (the fused kernels do the same work, which
+    counts 0 FLOPs: no matmuls). For kd the training FLOPs are the student's; the frozen
+    teacher's forward per image is counted separately (``teacher_flops``).
+
+    Returns:
+        The record stored in the run's first metrics record (``Costs.to_dict()``, plus
+        ``teacher_flops`` for kd), and the line printed at the start of the run.
+    """
+    method = build_method(config)
+
+    def loss_fn(logits, gate, y):
+        outputs = (logits, gate) if config.method != "kd" else (logits, gate, logits[:, 0])
+        return method.loss(outputs, y, 1.0).loss
+
+    costs = model_costs(lambda m: build_model(config, num_classes, num_branches=m),
+                        config.num_branches, input_shape, loss_fn=loss_fn)
+    record, line = costs.to_dict(), costs.describe()
+    if teacher is not None:
+        record["teacher_flops"] = inference_flops(teacher, input_shape)
+        line += (f"; the frozen teacher's forward adds {record['teacher_flops']:.3g} per "
+                 "training image")
+    return record, line
+
+
+def _expected_fields(config: TrainConfig, stored: dict[str, object]) -> dict[str, object]:
+    """The model fields a checkpoint (its config ``stored``) must agree on. A field ``stored``
+    lacks (saved before the field existed) is checked only if this run sets it to other than
+    its default, which is what that older run trained with."""
+    defaults = TrainConfig()
+    return {name: getattr(config, name) for name in MODEL_FIELDS
+            if name in stored or getattr(config, name) != getattr(defaults, name)}
 
 
 def _say(dist: distributed.DistInfo, message: str) -> None:
@@ -201,11 +240,15 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
         ValueError: bad settings or an unusable run folder, naming the flag.
     """
     validate_config(config)
-    try:
-        blocks_per_stage(config.depth, config.block)
-    except ValueError as err:
-        raise ValueError(f"--depth {config.depth} does not fit --block {config.block}: "
-                         f"{err}") from None
+    if config.arch == "resnet":
+        depth = config.depth or ARCHS["resnet"].options["depth"].default
+        block = config.block or ARCHS["resnet"].options["block"].default
+        try:
+            blocks_per_stage(depth, block)
+        except ValueError as err:
+            raise ValueError(f"--depth {depth} does not fit --block {block}: {err}") from None
+    with torch.device("meta"):  # every other arch/method problem, before data is loaded
+        build_model(config, num_classes=2)
     if config.tensorboard:
         try:
             import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
@@ -229,16 +272,25 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
     # Each rank trains on its shard and evaluates its share of the test set (counts summed).
+    # ImageNet crops and synthetic images take the arch's input size unless --image-size is
+    # given; the other datasets keep theirs (--image-size, if given, must equal it).
+    resized = config.dataset in ("imagenet", "synthetic")
     train_loader, test_loader, data = build_loaders(
         config.dataset, config.batch_size, device=rt.device, seed=config.seed,
         data_dir=config.data_dir, download=config.download,
-        synthetic_classes=config.synthetic_classes, image_size=config.image_size,
+        synthetic_classes=config.synthetic_classes, svhn_extra=config.svhn_extra,
+        image_size=image_size(config) if resized else config.image_size,
         rank=dist.rank, world_size=dist.world_size, channels_last=rt.channels_last,
         data_threads=config.data_threads, prefetch=config.prefetch)
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
+    method = make_method(config, rt.loss_backend)
     model = build_model(config, data.num_classes).to(rt.device, memory_format=memory_format)
     if config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # What the step runs: the student, or for kd the student with its frozen teacher.
+    pair = training_module(config, model, data.num_classes, rt.device)
+    teacher = pair.teacher.to(memory_format=memory_format) if pair is not model else None
+    costs, costs_line = run_costs(config, data.num_classes, data.image_shape, teacher)
 
     lr = torch.tensor(learning_rate(0, config.lr, config.lr_milestones, config.lr_decay),
                       device=rt.device)
@@ -246,8 +298,12 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     start_epoch = 0
     run_dir = Path(config.out_dir)
     if config.resume:
-        state = load_checkpoint(config.resume, expected=_expected_fields(config),
-                                map_location=rt.device)
+        state = load_checkpoint(config.resume, map_location=rt.device)
+        stored = state.get("config")
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"checkpoint {config.resume} has no config to check the "
+                                  "model against")
+        check_config(stored, _expected_fields(config, stored), Path(config.resume))
         if int(state["epoch"]) >= config.epochs:
             raise ValueError(
                 f"--resume {config.resume}: that run already finished {state['epoch']} epochs "
@@ -261,20 +317,22 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         start_epoch = int(state["epoch"])  # epochs completed
         _say(dist, f"resumed from {config.resume} after epoch {start_epoch}")
 
-    train_model: nn.Module = model
+    train_model: nn.Module = pair
     if dist.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    step = TrainStep(train_model, optimizer, make_criterion(config, rt.loss_backend), lr,
+            pair, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    step = TrainStep(train_model, optimizer, method, lr,
                      amp_dtype=rt.amp_dtype, compile=rt.compile, cuda_graphs=rt.cuda_graphs)
-    evaluator = Evaluator(model, amp_dtype=rt.amp_dtype, compile=rt.compile,
+    evaluator = Evaluator(model, method, amp_dtype=rt.amp_dtype, compile=rt.compile,
                           all_reduce=distributed.all_reduce_sum if dist.distributed else None)
     _say(dist, f"one_fast: {config.dataset} ({data.num_train} train / {data.num_test} test, "
-               f"{data.num_classes} classes, {data.image_size}px), ResNet-{config.depth} "
-               f"m={config.num_branches}, {sum(p.numel() for p in model.parameters()):,} params, "
+               f"{data.num_classes} classes, {data.image_size}px), --method "
+               f"{config.method}, {describe_model(config)} m={config.num_branches}, "
+               f"{sum(p.numel() for p in model.parameters()):,} params, "
                f"device {rt.device}, world {dist.world_size}, loss {rt.loss_backend}, "
                f"compile {rt.compile}, cuda graphs {rt.cuda_graphs}, amp "
                f"{rt.amp_dtype or 'none'}")
+    _say(dist, costs_line)
 
     record: dict[str, object] = {}
     saved_epoch = start_epoch  # the epoch run_dir/checkpoint.pt holds (0: none of this run)
@@ -283,6 +341,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                            tensorboard=config.tensorboard) as logger:
             for epoch in range(start_epoch, config.epochs):
                 record = _train_epoch(config, dist, rt, step, train_loader, epoch)
+                if epoch == start_epoch:  # this invocation's first record carries the costs
+                    record["costs"] = costs
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                     record["test_acc"] = evaluator(test_loader.eval_batches())
                 logger.log(record)

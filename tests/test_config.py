@@ -18,14 +18,19 @@ from one_fast.config import (
     parse_flags,
     validate_config,
 )
+from one_fast.engine.model_setup import build_method
 from one_fast.engine.schedule import kl_weight, learning_rate
+from one_fast.models import ARCHS
 
 
 def test_cifar100_preset_is_the_authors_recipe():
     c = config_from_args(["--dataset", "cifar100"])
-    assert (c.depth, c.block, c.num_branches, c.shared_stages, c.gate) == (32, "basic", 3, 2, True)
+    assert (c.arch, c.depth, c.block, c.num_branches, c.gate) == ("resnet", 32, "basic", 3, True)
+    assert (c.method, c.share_stem, c.shared_stages) == ("one", True, None)  # None: the arch's
+    assert ARCHS["resnet"].options["shared_stages"].default == 2
     assert (c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (300, 128, 0.1, 0.9, 1e-4)
-    assert (c.lr_milestones, c.lr_decay, c.temperature, c.rampup) == ((150, 225), 0.1, 3.0, 80)
+    assert (c.lr_milestones, c.lr_decay, c.rampup) == ((150, 225), 0.1, 80)
+    assert c.temperature is None and build_method(c).temperature == 3.0  # ONE's T = 3
     assert c.detach_teacher
 
 
@@ -78,7 +83,8 @@ def test_every_field_declares_its_group_and_numbers_their_range():
     (dict(lr_milestones=(8, 4)), "--lr-milestones must be strictly increasing, got 8,4"),
     (dict(lr_milestones=(0, 4)), "--lr-milestones must be >= 1, got 0,4"),
     (dict(lr_milestones=(8, 20)), "--lr-milestones 8,20 go beyond --epochs 12"),
-    (dict(shared_stages=3), r"--shared-stages must be in \[0, 2\], got 3"),
+    (dict(shared_stages=3), r"--shared-stages must be in \[0, 2\] for --arch resnet, got 3"),
+    (dict(shared_stages=4), r"--shared-stages must be in \[0, 3\], got 4"),
     (dict(block="wide"), "--block must be one of basic, bottleneck, got 'wide'"),
     (dict(device="tpu"), "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     (dict(device="cuda:x"), "--device must be"),
@@ -103,3 +109,12 @@ def test_resume_continues_in_the_resumed_folder():
     assert config_from_args(["--resume", "exp/a"]).out_dir == "exp/a"
     assert config_from_args(["--resume", "exp/a/checkpoint.pt"]).out_dir == "exp/a"
     assert config_from_args(["--resume", "exp/a", "--out-dir", "exp/b"]).out_dir == "exp/b"
+
+
+def test_svhn_preset_is_the_authors_recipe_with_a_scaled_rampup():
+    c = config_from_args(["--dataset", "svhn"])
+    assert (c.dataset, c.svhn_extra, c.depth, c.epochs, c.batch_size) == ("svhn", True, 32, 40, 128)
+    assert (c.lr, c.momentum, c.lr_milestones) == (0.1, 0.9, (20, 30))
+    # 80 of CIFAR's 300 epochs -> 11 of 40: the KL weight reaches --kl-weight before the end
+    assert c.rampup == 11 and kl_weight(c.epochs - 1, 1.0, c.rampup) == 1.0
+    assert kl_weight(39, 1.0, 80) == pytest.approx(0.27, abs=0.005)  # what 80 would have given

@@ -83,16 +83,18 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     ckpt = Path(cfg.out_dir) / "checkpoint.pt"
     before = ckpt.read_bytes()
 
-    real = train.make_criterion
+    real = train.make_method
 
     def poisoned(config, backend):
-        criterion = real(config, backend)
+        method = real(config, backend)
+        loss = method.loss
 
-        def nan_loss(logits, gate, y, w):
-            return criterion(logits * float("nan"), gate, y, w)
-        return nan_loss
+        def nan_loss(outputs, y, w):
+            return loss((outputs[0] * float("nan"), *outputs[1:]), y, w)
+        method.loss = nan_loss
+        return method
 
-    monkeypatch.setattr(train, "make_criterion", poisoned)
+    monkeypatch.setattr(train, "make_method", poisoned)
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
         train.run(quick(tmp_path, epochs=2, resume=cfg.out_dir))
     assert ckpt.read_bytes() == before
@@ -125,7 +127,8 @@ def test_help_lists_every_field_grouped_with_the_presets_defaults():
                           "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for name in vars(TrainConfig()):
         assert "--" + name.replace("_", "-") in out, name
-    for title in ("data:", "model:", "method (the ONE loss):", "optimisation:", "speed", "output"):
+    for title in ("data:", "model:", "method (one, baseline, kd, dml, ensemble) and its loss:",
+                  "optimisation:", "speed", "output"):
         assert "\n" + title in out, title
     flat = " ".join(out.split())
     assert "(default: 150,225)" in flat and "(default: 300)" in flat  # the cifar100 preset's

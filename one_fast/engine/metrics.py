@@ -7,16 +7,20 @@ Record format — one JSON object per line of ``run_dir/metrics.jsonl``, one per
       "step": int,                  # optimizer steps taken so far (all epochs)
       "lr": float,                  # learning rate used in this epoch (its last value)
       "kl_weight": float,           # w in the loss, after ramp-up
-      "train": {                    # means over the epoch's training batches
-        "loss": float,              # total: ce_branches + ce_ensemble + w·T²·kl
-        "ce_branches": float,       # Σ_i CE(z_i, y)
-        "ce_ensemble": float,       # CE(z_e, y)
-        "kl": float                 # Σ_i KL(p_e^T ‖ p_i^T), before the w·T² factor
+      "train": {                    # means over the epoch's training batches: the method's
+                                    # term_names ("loss" always; the others where it has them)
+        "loss": float,              # total, e.g. for ONE ce_branches + ce_ensemble + w·T²·kl
+        "ce_branches": float,       # Σ_i CE(z_i, y) over branches / members / the student
+        "ce_ensemble": float,       # ONE only: CE(z_e, y)
+        "kl": float                 # one, kd, dml: the distillation term before w·T²
       },
       "test_acc": {                 # optional: only on epochs that evaluate
         "branch_0": float, ..., "branch_{m-1}": float,   # top-1 as a fraction in [0, 1]
-        "ensemble": float           # gated ensemble (ONE-E)
+        "ensemble": float           # one: gated (ONE-E); dml, ensemble: averaged probabilities;
+                                    # absent for baseline and kd
       },
+      "costs": {...}                # first record of each invocation: Costs.to_dict() (FLOPs
+                                    # per image, 2 x MACs; parameters), kd adds teacher_flops
       "images_per_s": float,        # training throughput of the epoch (timed after a sync)
       "epoch_time_s": float,
       "step_images_per_s": float,   # optional, loaders with input stats (ImageNet): the

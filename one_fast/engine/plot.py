@@ -59,7 +59,7 @@ def _draw(fig, records: list[dict[str, Any]], title: str | None) -> None:
         ensemble = name == "ensemble"
         ax_acc.plot(xs, ys, "-", marker="o", markersize=4 if ensemble else 3,
                     linewidth=2.2 if ensemble else 1.2, color="black" if ensemble else None,
-                    label="ensemble (ONE-E)" if ensemble else name.replace("_", " "))
+                    label="ensemble" if ensemble else name.replace("_", " "))
     if not names:
         ax_acc.text(0.5, 0.5, "no evaluation recorded", ha="center", va="center",
                     transform=ax_acc.transAxes)

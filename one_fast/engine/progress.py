@@ -136,6 +136,10 @@ class EpochProgress:
         self.close()
 
 
+# The loss terms a method may log (record["train"] keys) and their console labels.
+TERM_LABELS = (("ce_branches", "CE"), ("ce_ensemble", "CE(ens)"), ("kl", "KL"))
+
+
 def _short(name: str) -> str:
     return f"b{name[7:]}" if name.startswith("branch_") else "ens" if name == "ensemble" else name
 
@@ -148,9 +152,10 @@ def epoch_line(record: Mapping[str, Any], total_epochs: int | None = None) -> st
         epoch  3/12  loss 1.204 (CE 0.912, CE(ens) 0.287, KL 0.0006)  | test top-1 b0 95.8%
         b1 96.1% b2 95.6% ens 96.4% | lr 0.1  2,531 img/s  0.6 s
 
-    (one line; CE sums the branches, KL is before the w·T² factor; test accuracy only on
-    epochs that evaluated; with an input pipeline that keeps stats (ImageNet) it ends with
-    ``| step 2,600 img/s, input 2,540 img/s, waited for data 2%``).
+    (one line; the loss terms the method logs: CE sums the branches, KL is before the w·T²
+    factor; test accuracy only on epochs that evaluated; with an input pipeline that keeps
+    stats (ImageNet) it ends with ``| step 2,600 img/s, input 2,540 img/s, waited for data
+    2%``).
 
     Args:
         record: the epoch's record: ``epoch``, ``train`` terms, ``lr``, ``images_per_s``,
@@ -166,10 +171,9 @@ def epoch_line(record: Mapping[str, Any], total_epochs: int | None = None) -> st
     train = record.get("train") or {}
     parts = [head]
     if train:
-        parts.append(f"loss {train.get('loss', float('nan')):.4g} (CE "
-                     f"{train.get('ce_branches', float('nan')):.4g}, CE(ens) "
-                     f"{train.get('ce_ensemble', float('nan')):.4g}, KL "
-                     f"{train.get('kl', float('nan')):.3g})")
+        shown = [f"{label} {train[key]:.4g}" for key, label in TERM_LABELS if key in train]
+        parts.append(f"loss {train.get('loss', float('nan')):.4g}"
+                     + (f" ({', '.join(shown)})" if shown else ""))
     acc = record.get("test_acc")
     if acc:
         parts.append("| test top-1 " + " ".join(f"{_short(k)} {100 * v:.1f}%"

@@ -1,4 +1,5 @@
-"""The training step: forward + ONE loss, backward, SGD update; compiled, replayed as a CUDA graph.
+"""The training step: forward + the method's loss, backward, SGD update; compiled, replayed as a
+CUDA graph.
 
 One call of :class:`TrainStep` is exactly one optimisation step on one batch, whatever the mode:
 
@@ -19,17 +20,23 @@ device tensors the caller refills between steps, and the loss terms are summed o
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from ..loss import ONELossTerms
+from ..methods import MethodLoss
 
 WARMUP_STEPS = 3
-TERM_NAMES = ("loss", "ce_branches", "ce_ensemble", "kl")
 
-Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], ONELossTerms]
+
+class LossMethod(Protocol):
+    """What the step needs of a training method (every :class:`one_fast.methods.Method`)."""
+
+    term_names: tuple[str, ...]
+
+    def loss(self, outputs: tuple[torch.Tensor, ...], target: torch.Tensor,
+             kl_weight: torch.Tensor) -> MethodLoss: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,21 +88,24 @@ def capture_sync_reason(optimizer: torch.optim.Optimizer) -> str | None:
 
 
 class TrainStep:
-    """One SGD step of a ONE network, with optional compilation and CUDA-graph replay.
+    """One SGD step of any method's network, with optional compilation and CUDA-graph replay.
 
     Args:
-        model: the network (possibly DDP-wrapped); ``model(x)`` returns ``(logits, gate)``.
+        model: the network (possibly DDP-wrapped); ``model(x)`` returns the outputs the method
+            reads: ``(logits, gate)``, or for kd ``(logits, gate, teacher_logits)``.
         optimizer: an optimizer whose param groups' ``lr`` is the device tensor ``lr``; with
             ``cuda_graphs`` and no ``compile``, one whose update does not read the host
             (:func:`capture_sync_reason`: e.g. ``SGD(..., fused=True)``), else ValueError.
-        criterion: ``criterion(logits, gate, target, kl_weight)`` -> :class:`ONELossTerms`.
+        method: the training method: ``method.loss(outputs, target, kl_weight)`` ->
+            :class:`~one_fast.methods.MethodLoss` whose terms are ``method.term_names`` (summed
+            on the device for :meth:`read_totals`).
         lr: 0-d float32 device tensor holding the learning rate (refilled by the caller).
         amp_dtype: autocast dtype for the network (``torch.bfloat16``) or None.
         compile: compile model + loss and the optimizer update.
         cuda_graphs: capture and replay the whole step as one CUDA graph (CUDA only).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Criterion,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: LossMethod,
                  lr: torch.Tensor, *, amp_dtype: torch.dtype | None = None,
                  compile: bool = False, cuda_graphs: bool = False) -> None:
         device = lr.device
@@ -107,12 +117,13 @@ class TrainStep:
                              f"{reason}; use torch.optim.SGD(..., fused=True), or compile=True")
         self.model = model
         self.optimizer = optimizer
-        self.criterion = criterion
+        self.method = method
+        self.term_names = tuple(method.term_names) if method is not None else ()
         self.device = device
         self.amp_dtype = amp_dtype
         self.lr = lr
         self.kl_weight = torch.zeros((), device=device)
-        self.totals = torch.zeros(len(TERM_NAMES), device=device)  # summed over steps
+        self.totals = torch.zeros(len(self.term_names), device=device)  # summed over steps
         self.steps = torch.zeros((), dtype=torch.int64, device=device)
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.use_graphs = cuda_graphs
@@ -140,11 +151,11 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None,
                             cache_enabled=not self.use_graphs):
-            logits, gate = self.model(x)
+            outputs = self.model(x)
         # The loss runs outside autocast: it reads bf16 logits and computes in float32.
-        terms = self.criterion(logits, gate, y, kl_weight)
-        parts = torch.stack([terms.loss.detach(), terms.ce_branches, terms.ce_ensemble, terms.kl])
-        return terms.loss, parts
+        result = self.method.loss(outputs, y, kl_weight)
+        parts = torch.stack([result.terms[name].float() for name in self.term_names])
+        return result.loss, parts
 
     @torch.no_grad()
     def _update(self, parts: torch.Tensor) -> None:
@@ -209,7 +220,8 @@ class TrainStep:
         """
         values = torch.cat([self.totals, self.steps.view(1).to(self.totals.dtype)]).tolist()
         steps = int(values[-1])
-        means = {name: v / max(steps, 1) for name, v in zip(TERM_NAMES, values, strict=False)}
+        means = {name: v / max(steps, 1) for name, v in zip(self.term_names, values,
+                                                              strict=False)}
         return means, steps, int(self.first_bad_step.item())
 
     def reset_totals(self) -> None:

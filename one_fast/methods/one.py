@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from ..loss import one_loss
+from ..loss import dml_loss, one_loss
+from ..loss.reference import compute_dtype
 from .base import Method, MethodLoss, Outputs
 
 
@@ -18,8 +19,9 @@ class ONEMethod(Method):
         detach_teacher: stop the KL gradient at the ensemble teacher (the authors' choice).
         backend: the ``one_loss`` backend ("auto", "reference", "triton", "native").
         distill: False for the "no online distillation" ablation (``--kl-weight 0``): the loss
-            gets the number 0 as its KL weight. one_loss's fused backends form the KL terms in
-            the same pass over the logits as the cross-entropies, so they still cost that pass.
+            is sum_i CE(z_i, y) + CE(z_e, y), computed as cross-entropies alone -- no softened
+            softmax or KL term is formed (one_loss, whose fused backends form the KL terms in the
+            same pass as the cross-entropies, is not called).
     """
 
     name = "one"
@@ -38,12 +40,30 @@ class ONEMethod(Method):
     def loss(self, outputs: Outputs, target: torch.Tensor,
              kl_weight: float | torch.Tensor) -> MethodLoss:
         logits, gate = outputs[0], outputs[1]
+        if not self.distill:
+            return self._cross_entropies(logits, gate, target)
         t = one_loss(logits, gate, target, temperature=self.temperature,
-                     kl_weight=kl_weight if self.distill else 0.0,
+                     kl_weight=kl_weight,
                      detach_teacher=self.detach_teacher, backend=self.backend,
                      return_terms=True)
         return MethodLoss(t.loss, {"loss": t.loss.detach(), "ce_branches": t.ce_branches,
                                    "ce_ensemble": t.ce_ensemble, "kl": t.kl})
+
+    def _cross_entropies(self, logits: torch.Tensor, gate: torch.Tensor,
+                         target: torch.Tensor) -> MethodLoss:
+        """sum_i CE(z_i, y) + CE(z_e, y), mean over rows, with no KL term computed.
+
+        dml_loss with the number 0 as its weight is the (float32-accumulating, ignore_index-
+        aware) sum of cross-entropies over its members; the gated ensemble is a one-member call.
+        """
+        ce_branches = dml_loss(logits, target, kl_weight=0.0)
+        dtype = compute_dtype(logits.dtype)  # float32 for bf16/fp16 logits, as one_loss
+        ensemble = torch.einsum("nm,nmc->nc", gate.to(dtype), logits.to(dtype))
+        ce_ensemble = dml_loss(ensemble[:, None], target, kl_weight=0.0)
+        loss = ce_branches + ce_ensemble
+        return MethodLoss(loss, {"loss": loss.detach(), "ce_branches": ce_branches.detach(),
+                                 "ce_ensemble": ce_ensemble.detach(),
+                                 "kl": torch.zeros((), device=loss.device)})
 
     def ensemble_logits(self, outputs: Outputs) -> torch.Tensor:
         """ONE-E: the gated ensemble z_e = sum_i g_i z_i, the teacher the loss distils from."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
@@ -12,17 +11,16 @@ from torch._dynamo.backends.distributed import DDPOptimizer
 from torch._dynamo.utils import counters
 from torch.nn.parallel import DistributedDataParallel
 
-from one_fast import ONEResNet, one_loss
+from one_fast import ONEResNet
 from one_fast.engine.step import TrainStep, capture_sync_reason
+from one_fast.methods import ONEMethod
 
 
 def make_step(model, compile):
     lr = torch.tensor(0.05)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
                           foreach=True)
-    loss = functools.partial(one_loss, temperature=3.0, return_terms=True)
-    step = TrainStep(model, opt, lambda z, g, y, w: loss(z, g, y, kl_weight=w), lr,
-                     compile=compile)
+    step = TrainStep(model, opt, ONEMethod(temperature=3.0), lr, compile=compile)
     step.kl_weight.fill_(0.5)
     return step
 

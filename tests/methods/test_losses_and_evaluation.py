@@ -204,3 +204,33 @@ def test_method_loss_compiles_without_graph_breaks(name):
     torch.testing.assert_close(got.loss, want.loss)
     torch.testing.assert_close(torch.autograd.grad(got.loss, logits)[0],
                                torch.autograd.grad(want.loss, logits)[0])
+
+
+def test_one_without_distillation_never_forms_the_kl_terms(monkeypatch):
+    """distill=False: sum_i CE(z_i, y) + CE(z_e, y) by cross-entropies alone (one_loss, which
+    forms the KL terms, is not called); values and gradients against float64 written here."""
+    from one_fast.methods import one
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("one_loss called")
+
+    logits, gate, target = outputs()
+    z64 = logits.detach().double().requires_grad_()
+    g64 = gate.detach().double().requires_grad_()
+    n = target.shape[0]
+    rows = torch.arange(n)
+    ce_branches = -torch.log_softmax(z64, -1)[rows, :, target].sum(1)
+    z_e = (g64[:, :, None] * z64).sum(1)
+    ce_ensemble = -torch.log_softmax(z_e, -1)[rows, target]
+    want = (ce_branches + ce_ensemble).mean()
+    want.backward()
+
+    monkeypatch.setattr(one, "one_loss", refuse)
+    result = ONEMethod(distill=False).loss((logits, gate), target, torch.tensor(5.0))
+    result.loss.backward()
+    torch.testing.assert_close(result.loss.double(), want.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logits.grad.double(), z64.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gate.grad.double(), g64.grad, rtol=1e-5, atol=1e-6)
+    assert result.terms["kl"].item() == 0.0
+    torch.testing.assert_close(result.terms["ce_ensemble"].double(), ce_ensemble.mean().detach(),
+                               rtol=1e-6, atol=1e-6)
