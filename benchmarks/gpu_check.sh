@@ -10,11 +10,13 @@
 #   0. preflight: GPU, driver, clocks; every dependency's version, and which one is missing;
 #   1. install (90): pip install --no-build-isolation --no-deps -e . (builds the native
 #      extension when nvcc is there); if that fails the source tree is used through PYTHONPATH;
-#   2. loss GPU tests (110): pytest -m gpu tests/, except the trainer's;
+#   2. loss GPU tests (110): pytest -m gpu tests/, except the trainer's (the loss kernels, and
+#      the ImageNet loader and trainer on GPU-decoded batches when DALI is installed);
 #   3. trainer GPU tests (90): pytest -m gpu tests/test_train_gpu.py (ResNet compiles);
 #   4. loss benchmarks (100): benchmarks/test_loss_bench.py;
 #   5. other benchmarks (130): every other file in benchmarks/ (the step benchmarks, and any
-#      suite added later, picked up automatically), compiled variants last within each.
+#      suite added later, picked up automatically: the ImageNet pipeline's mixed-mode decoding
+#      when DALI is installed), compiled variants last within each.
 # The caps add up to 520 s; a stage also leaves the later ones a reserve (time one stage leaves
 # unused goes to the next), so the whole run ends within GPU_CHECK_SECONDS plus a few seconds.
 # pytest runs with --continue-on-collection-errors: one broken file does not hide the others.
@@ -164,19 +166,22 @@ import platform
 
 print(f"python {platform.python_version()}")
 missing = []
-# (distribution, import name, needed): nvidia-ml-py only adds GPU telemetry
+# (distribution, import name, needed): nvidia-ml-py only adds GPU telemetry; without DALI the
+# ImageNet GPU tests and the pipeline benchmark skip (this script never installs it: no internet)
 for dist, module, needed in [
         ("torch", "torch", True), ("triton", "triton", True), ("numpy", "numpy", True),
         ("tqdm", "tqdm", True), ("scikit-learn", "sklearn", True),
         ("matplotlib", "matplotlib", True), ("pytest", "pytest", True),
         ("pytest-benchmark", "pytest_benchmark", True), ("hypothesis", "hypothesis", True),
-        ("nvidia-ml-py", "pynvml", False)]:
+        ("nvidia-ml-py", "pynvml", False), ("nvidia-dali-cuda130", "nvidia.dali", False)]:
     try:
         importlib.import_module(module)
         print(f"  {dist:<17} {md.version(dist)}")
     except Exception as exc:  # ImportError, or a broken install failing some other way
         print(f"  {dist:<17} MISSING ({type(exc).__name__}: {exc})"
-              + ("" if needed else " -- optional: no NVML telemetry"))
+              + ("" if needed else " -- optional: " + (
+                  "the ImageNet (DALI) tests and pipeline benchmark skip" if module ==
+                  "nvidia.dali" else "no NVML telemetry")))
         if needed:
             missing.append(dist)
 print("preflight: missing " + ", ".join(missing) + " (the stages that need them will fail)"

@@ -84,21 +84,30 @@ class TrainConfig:
     """Everything a training run needs; the defaults are the embedded digits run."""
 
     # Dataset: digits (embedded, scikit-learn's handwritten digits, 1,437 training images),
-    # cifar10, cifar100, svhn (need their files in --data-dir, or --download), or synthetic
+    # cifar10, cifar100, svhn (need their files in --data-dir, or --download), synthetic
     # (CIFAR-100-shaped random images for timing the GPU path: nothing to learn, so accuracy
-    # stays at chance; on a CPU one ResNet-32 epoch of it takes minutes).
+    # stays at chance; on a CPU one ResNet-32 epoch of it takes minutes), or imagenet
+    # (ILSVRC2012 JPEGs in --data-dir, decoded by NVIDIA DALI: pip install -e ".[imagenet]").
     dataset: str = option("digits", "data",
-                          choices=("digits", "cifar10", "cifar100", "svhn", "synthetic"))
-    # Folder holding the CIFAR "python version" archives (or their extracted folders).
+                          choices=("digits", "cifar10", "cifar100", "svhn", "synthetic",
+                                   "imagenet"))
+    # Folder holding the CIFAR "python version" archives (or their extracted folders), the
+    # SVHN files, or the ImageNet folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG; see python -m
+    # one_fast.prepare_imagenet).
     data_dir: str = option("data", "data")
+    # ImageNet: DALI CPU threads per process (default: this process's CPUs divided among the
+    # processes on the node).
+    data_threads: int | None = option(None, "data", within=AT_LEAST_1)
+    # ImageNet: batches the input pipeline prepares ahead of the training step.
+    prefetch: int = option(3, "data", within=AT_LEAST_1)
     # Fetch the official CIFAR archive into --data-dir (MD5-checked) if it is missing.
     download: bool = option(False, "data")
     # Classes of the synthetic dataset (other datasets fix their own).
     synthetic_classes: int = option(100, "data", within=Range(2))
     # Add SVHN's 531,131-image "extra" split to its training split (as the ONE authors do).
     svhn_extra: bool = option(False, "data")
-    # Input height and width (default: the arch's own, 32 or 224); sets the synthetic dataset's
-    # image size; the other datasets' images must have this size.
+    # Input height and width (default: the arch's own, 32 or 224): ImageNet's crop size and
+    # the synthetic dataset's image size; the other datasets' images must have this size.
     image_size: int | None = option(None, "data", within=Range(8))
     # Network architecture (CIFAR: resnet, wrn, resnext29, densenet_bc; ImageNet: resnet18,
     # resnext50_32x4d); its options are the flags below, each taken by some archs only.
@@ -201,7 +210,8 @@ MODEL_FIELDS = ("dataset", "svhn_extra", "image_size", "arch", *ARCH_OPTION_FIEL
                 "num_branches", "shared_stages", "share_stem", "gate", "synthetic_classes",
                 "method")
 # Fields that say where and how this invocation runs, never taken from a resumed checkpoint.
-INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device")
+INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device", "data_threads",
+                     "prefetch")
 
 PRESETS: dict[str, dict[str, object]] = {
     # Finishes in about two minutes on 2 CPU cores and reaches >90% ensemble accuracy.
@@ -213,6 +223,17 @@ PRESETS: dict[str, dict[str, object]] = {
                      lr_milestones=(150, 225), rampup=80, out_dir="runs/cifar100"),
     "cifar10": dict(dataset="cifar10", depth=32, block="basic", epochs=300, batch_size=128,
                     lr_milestones=(150, 225), rampup=80, out_dir="runs/cifar10"),
+    # ImageNet ONE ResNet-18, m=3, the last stage branched: 90 epochs, batch 256 (--batch-size
+    # is per process: give 256/K to K processes), SGD lr 0.1 momentum 0.9 (no Nesterov), x0.1
+    # at epochs 30 and 60, weight decay 1e-4. This is torchvision's reference ResNet recipe
+    # (references/classification/train.py; checked) and the setting issue #16 names. Not
+    # confirmed against the ONE paper itself (its implementation-details text could not be
+    # read here): whether it uses Nesterov momentum, milestones at 50%/75% of training, branches
+    # the last two blocks rather than the last stage, or ramps the KL weight up on ImageNet
+    # (this preset does not). --arch resnext50_32x4d trains the paper's ResNeXt-50 row.
+    "imagenet": dict(dataset="imagenet", arch="resnet18", num_branches=3, epochs=90,
+                     batch_size=256, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                     lr_milestones=(30, 60), lr_decay=0.1, rampup=0, out_dir="runs/imagenet"),
     # The ONE authors' SVHN recipe: their cifar_one.py trains on train+extra without
     # augmentation, batch 128, SGD 0.1 momentum 0.9; the 40 epochs come from the paper. Their
     # code does not fix the milestones or the weight decay for SVHN: 20/30 are CIFAR's 150/225

@@ -25,8 +25,8 @@ from .config import (
     parse_flags,
     validate_config,
 )
-from .data.device import DeviceLoader, loaders_for
-from .deploy import input_spec, save_input_spec
+from .data.loaders import Loader, build_loaders
+from .deploy import loader_input_spec, save_input_spec
 from .engine import distributed
 from .engine.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
 from .engine.costs import inference_flops, model_costs
@@ -37,7 +37,7 @@ from .engine.model_setup import (
     build_method,
     build_model,
     describe_model,
-    run_dataset,
+    image_size,
     training_module,
 )
 from .engine.plot import plot_metrics
@@ -271,12 +271,19 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
-    data = run_dataset(config, config.download)
-    if config.image_size is not None and data.image_shape[1:] != (config.image_size,) * 2:
-        raise ValueError(f"--image-size {config.image_size}: --dataset {config.dataset} has "
-                         f"{data.image_shape[1]}x{data.image_shape[2]} images")
+    # Each rank trains on its shard and evaluates its share of the test set (counts summed).
+    # ImageNet crops and synthetic images take the arch's input size unless --image-size is
+    # given; the other datasets keep theirs (--image-size, if given, must equal it).
+    resized = config.dataset in ("imagenet", "synthetic")
+    train_loader, test_loader, data = build_loaders(
+        config.dataset, config.batch_size, device=rt.device, seed=config.seed,
+        data_dir=config.data_dir, download=config.download,
+        synthetic_classes=config.synthetic_classes, svhn_extra=config.svhn_extra,
+        image_size=image_size(config) if resized else config.image_size,
+        rank=dist.rank, world_size=dist.world_size, channels_last=rt.channels_last,
+        data_threads=config.data_threads, prefetch=config.prefetch)
     if dist.is_main:  # what export and predict read instead of reloading the dataset
-        save_input_spec(config.out_dir, input_spec(data, config.data_dir))
+        save_input_spec(config.out_dir, loader_input_spec(data, test_loader, config.data_dir))
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     method = make_method(config, rt.loss_backend)
     model = build_model(config, data.num_classes).to(rt.device, memory_format=memory_format)
@@ -312,11 +319,6 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         start_epoch = int(state["epoch"])  # epochs completed
         _say(dist, f"resumed from {config.resume} after epoch {start_epoch}")
 
-    shard = len(data.train_labels) // dist.world_size
-    if config.batch_size > shard:
-        raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
-                         f"({shard} images per process): no full batch could be made")
-
     train_model: nn.Module = pair
     if dist.distributed:
         train_model = nn.parallel.DistributedDataParallel(
@@ -325,12 +327,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                      amp_dtype=rt.amp_dtype, compile=rt.compile, cuda_graphs=rt.cuda_graphs)
     evaluator = Evaluator(model, method, amp_dtype=rt.amp_dtype, compile=rt.compile,
                           all_reduce=distributed.all_reduce_sum if dist.distributed else None)
-    # Each rank trains on its shard and evaluates its share of the test set (counts summed).
-    train_loader, test_loader = loaders_for(
-        data, config.batch_size, device=rt.device, seed=config.seed, rank=dist.rank,
-        world_size=dist.world_size, shard_eval=True, channels_last=rt.channels_last)
-    _say(dist, f"one_fast: {config.dataset} ({len(data.train_labels)} train / "
-               f"{len(data.test_labels)} test, {data.num_classes} classes), --method "
+    _say(dist, f"one_fast: {config.dataset} ({data.num_train} train / {data.num_test} test, "
+               f"{data.num_classes} classes, {data.image_size}px), --method "
                f"{config.method}, {describe_model(config)} m={config.num_branches}, "
                f"{sum(p.numel() for p in model.parameters()):,} params, "
                f"device {rt.device}, world {dist.world_size}, loss {rt.loss_backend}, "
@@ -403,7 +401,7 @@ def _finish(dist: distributed.DistInfo, run_dir: Path, record: dict[str, object]
 
 
 def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, step: TrainStep,
-                 loader: DeviceLoader, epoch: int) -> dict[str, object]:
+                 loader: Loader, epoch: int) -> dict[str, object]:
     lr_value = learning_rate(epoch, config.lr, config.lr_milestones, config.lr_decay)
     kl_value = kl_weight(epoch, config.kl_weight, config.rampup)
     step.lr.fill_(lr_value)
@@ -433,6 +431,12 @@ def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, s
         "train": means, "images_per_s": images * dist.world_size / elapsed,
         "epoch_time_s": elapsed, **peak_memory_record(rt.device),
     }
+    stats = getattr(loader, "stats", None)  # the ImageNet loader's InputStats of this epoch
+    if stats is not None:
+        record["step_images_per_s"] = images * dist.world_size / max(elapsed - stats.wait_s,
+                                                                     1e-9)
+        record["input"] = {"images_per_s": stats.images_per_s * dist.world_size,
+                           "wait_fraction": stats.wait_fraction, "build_s": stats.build_s}
     telemetry = gpu_telemetry(rt.device)
     if telemetry:
         record["gpu"] = telemetry

@@ -11,6 +11,7 @@ import torch
 
 from one_fast import train
 from one_fast.config import ARCH_OPTION_FIELDS, MODEL_FIELDS, config_from_flags, parse_flags
+from one_fast.data import loaders
 from one_fast.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from one_fast.engine.model_setup import build_model, image_size
 from one_fast.models import ARCHS
@@ -113,7 +114,7 @@ def test_image_size_reaches_the_synthetic_dataset(tmp_path, monkeypatch):
         seen.append(kwargs["synthetic_image_size"])
         raise Stop
 
-    monkeypatch.setattr(train, "load_dataset", capture)
+    monkeypatch.setattr(loaders, "load_dataset", capture)  # what the trainer's loading calls
     for args, want in ((["--arch", "resnet18"], 224), (["--arch", "resnet18", "--image-size",
                                                         "64"], 64), ([], 32)):
         config = config_from_flags(parse_flags(["--dataset", "synthetic", *args, "--out-dir",

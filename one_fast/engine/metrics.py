@@ -23,6 +23,15 @@ Record format — one JSON object per line of ``run_dir/metrics.jsonl``, one per
                                     # per image, 2 x MACs; parameters), kd adds teacher_flops
       "images_per_s": float,        # training throughput of the epoch (timed after a sync)
       "epoch_time_s": float,
+      "step_images_per_s": float,   # optional, loaders with input stats (ImageNet): the
+                                    #   throughput with the time spent waiting for data removed
+      "input": {                    # optional, the same loaders: the input pipeline's side
+        "images_per_s": float,      #   delivered images/s (all processes; the pipeline's own
+                                    #   rate when wait_fraction is ~1, a lower bound otherwise)
+        "wait_fraction": float,     #   of the epoch, the step waited for data (rank 0; ~0 when
+                                    #   the pipeline keeps ahead)
+        "build_s": float            #   building the epoch's pipeline (part of the wait)
+      },
       "peak_memory_mb": float,      # CUDA: torch.cuda.max_memory_allocated (see peak_memory_key)
       "peak_rss_mb": float,         #   CPU: the process's max RSS instead (different quantity,
                                     #   hence a different key; only one of the two is present)

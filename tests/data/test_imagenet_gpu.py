@@ -15,7 +15,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
     pytest.mark.skipif(not dali_available(), reason='NVIDIA DALI is not installed '
-                       '(pip install "one_fast[imagenet]")'),
+                       '(pip install nvidia-dali-cuda130)'),
 ]
 SIZE = 32
 

@@ -21,7 +21,7 @@ from one_fast.data.imagenet import (
 from .imagenet_files import WNIDS, identify_flat_images, make_tiny_imagenet
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason='NVIDIA DALI is not installed '
-                                '(pip install "one_fast[imagenet]")')
+                                '(pip install nvidia-dali-cuda130)')
 SIZE = 16
 
 
@@ -215,7 +215,8 @@ def test_loaders_without_dali_say_how_to_install(layout, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
     assert not dali_available()
-    with pytest.raises(DaliNotInstalledError, match=r'pip install "one_fast\[imagenet\]"'):
+    with pytest.raises(DaliNotInstalledError,
+                       match=r'pip install nvidia-dali-cuda130 .*-e "\.\[imagenet\]"'):
         imagenet_loaders(layout, 4, device="cpu", seed=0)
 
 

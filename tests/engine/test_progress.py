@@ -1,10 +1,12 @@
-"""EpochProgress: quiet when disabled, few whole lines when the output is not a terminal."""
+"""EpochProgress: quiet when disabled, few whole lines when the output is not a terminal; the
+epoch line."""
 
 from __future__ import annotations
 
 import io
 
 from one_fast.engine import EpochProgress
+from one_fast.engine.progress import epoch_line
 
 
 def test_disabled_prints_nothing(capsys):
@@ -43,3 +45,14 @@ def test_non_tty_interval_gives_periodic_lines(monkeypatch):
     assert len(lines) > 3  # each redraw is a whole line of its own
     assert all(line.startswith("epoch 1") for line in lines)
     assert "loss=0.3000" in lines[-2] and "loss=0.2500" in lines[-1]
+
+
+def test_epoch_line_reports_the_input_pipeline_apart_from_the_step():
+    record = {"epoch": 3, "train": {"loss": 1.0}, "lr": 0.1, "images_per_s": 2450.0,
+              "epoch_time_s": 2.0}
+    assert "input" not in epoch_line(record, 90)  # in-memory datasets: no pipeline stats
+    record.update(step_images_per_s=2600.0,
+                  input={"images_per_s": 2460.0, "wait_fraction": 0.058, "build_s": 0.1})
+    line = epoch_line(record, 90)
+    assert line.endswith("| step 2,600 img/s, input 2,460 img/s, waited for data 6%"), line
+    assert "2,450 img/s" in line

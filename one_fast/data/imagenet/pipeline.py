@@ -2,8 +2,9 @@
 normalise, with decoding on the GPU (device="mixed": nvJPEG / the hardware JPEG decoder) or
 all on the CPU (DALI's CPU-only mode, device_id=None).
 
-DALI is an optional dependency (`pip install "one_fast[imagenet]"`); it is imported only when a
-pipeline is built, and its absence is reported by DaliNotInstalledError with the install command.
+DALI is an optional dependency (the "imagenet" extra: nvidia-dali-cuda130); it is imported only
+when a pipeline is built, and its absence is reported by DaliNotInstalledError with the install
+command.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-INSTALL_HINT = ('pip install "one_fast[imagenet]"  (i.e. pip install nvidia-dali-cuda130; DALI '
-                'also runs without a GPU, in its CPU mode)')
+INSTALL_HINT = ('pip install nvidia-dali-cuda130 (in a one_fast checkout: pip install '
+                '--no-build-isolation -e ".[imagenet]"); DALI also runs without a GPU, in its '
+                'CPU mode')
 
 # torchvision's ImageNet statistics, in [0, 1] units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
