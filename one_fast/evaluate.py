@@ -20,7 +20,7 @@ from .engine.breakdown import mean_loss_terms, per_class_accuracy
 from .engine.checkpoint import CheckpointError
 from .engine.evaluate import Evaluator
 from .engine.metrics import read_metrics
-from .engine.model_setup import training_module
+from .engine.model_setup import autocast_dtype, training_module
 from .engine.runs import LoadedRun, load_run
 from .engine.schedule import kl_weight
 
@@ -56,13 +56,6 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device here")
     return device
-
-
-def _amp_dtype(run: LoadedRun, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype the trainer used for this run on this kind of device."""
-    amp = run.config.amp if run.config.amp is not None else (
-        "bf16" if device.type == "cuda" else "none")
-    return torch.bfloat16 if amp == "bf16" else None
 
 
 def _loader(run: LoadedRun, split: str, batch_size: int, device: torch.device) -> DeviceLoader:
@@ -101,7 +94,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     run.model.to(device)
     loader = _loader(run, split, batch_size, device)
-    evaluator = Evaluator(run.model, run.method, amp_dtype=_amp_dtype(run, device))
+    evaluator = Evaluator(run.model, run.method, amp_dtype=autocast_dtype(run.config, device))
     accuracy = evaluator(loader.eval_batches())
     recorded = None
     if split == "test":

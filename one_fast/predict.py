@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resize images of another size to the training size (bilinear)")
     parser.add_argument("--data-dir", default=None,
                         help="with a run folder: where its dataset is, if the run has no "
-                             "inputs.json")
+                             "inputs.json (runs of older versions)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

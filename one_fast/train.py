@@ -26,12 +26,14 @@ from .config import (
     validate_config,
 )
 from .data.loaders import Loader, build_loaders
+from .deploy import loader_input_spec, save_input_spec
 from .engine import distributed
 from .engine.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
 from .engine.costs import inference_flops, model_costs
 from .engine.evaluate import Evaluator
 from .engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
 from .engine.model_setup import (
+    autocast_dtype,
     build_method,
     build_model,
     describe_model,
@@ -75,9 +77,7 @@ class Runtime:
 def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
     """Turn the config's defaults ("on for CUDA") into concrete choices; clear errors."""
     cuda = dist.device.type == "cuda"
-    amp = config.amp if config.amp is not None else ("bf16" if cuda else "none")
-    if amp not in ("bf16", "none"):
-        raise ValueError(f"--amp must be bf16 or none, got {amp!r}")
+    amp_dtype = autocast_dtype(config, dist.device)
     graphs = config.cuda_graphs
     if graphs is None:
         graphs = cuda and not dist.distributed
@@ -97,7 +97,7 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         device=dist.device,
         compile=config.compile if config.compile is not None else cuda,
         cuda_graphs=graphs,
-        amp_dtype=torch.bfloat16 if amp == "bf16" else None,
+        amp_dtype=amp_dtype,
         channels_last=config.channels_last if config.channels_last is not None else cuda,
         loss_backend=backend,
         note=note,
@@ -282,6 +282,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         image_size=image_size(config) if resized else config.image_size,
         rank=dist.rank, world_size=dist.world_size, channels_last=rt.channels_last,
         data_threads=config.data_threads, prefetch=config.prefetch)
+    if dist.is_main:  # what export and predict read instead of reloading the dataset
+        save_input_spec(config.out_dir, loader_input_spec(data, test_loader, config.data_dir))
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     method = make_method(config, rt.loss_backend)
     model = build_model(config, data.num_classes).to(rt.device, memory_format=memory_format)

@@ -1,4 +1,5 @@
-"""Test-wide setup: Triton's CPU interpreter where there is no GPU, and a fixed seed."""
+"""Test-wide setup: Triton's CPU interpreter where there is no GPU, a fixed seed, and the
+``no_tf32`` fixture of the CUDA tests."""
 
 from __future__ import annotations
 
@@ -17,3 +18,13 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 def _seed():
     """Every test starts from the same random state, whatever ran before it."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def no_tf32():
+    """Exact float32 convolutions and matmuls on CUDA (TF32 off, restored afterwards), so two
+    paths computing the same sum differ only by summation order."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul

@@ -1,15 +1,12 @@
 """A trained run brought back for analysis: its network, test data and own test error.
 
-The one place the analysis reads a run folder (to be replaced by ``engine.runs.load_run`` when
-that is available): the checkpoint's config rebuilds the network with the trainer's own
-builder, the weights are loaded, and the test split is batched exactly as the trainer evaluated
-it (same batch size, normalisation, precision), so an unperturbed network reproduces the run's
-own test accuracy.
+The run is read by :func:`one_fast.engine.runs.load_run` (the one way a run folder is read);
+its test split is then batched exactly as the trainer evaluated it (same batch size,
+normalisation, precision), so an unperturbed network reproduces the run's own test accuracy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import TrainConfig, config_from_dict
-from ..data import load_dataset
+from ..config import TrainConfig
 from ..data.device import DeviceLoader, loaders_for
-from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.metrics import read_metrics
-from ..engine.model_setup import build_model, image_size
+from ..engine.model_setup import autocast_dtype
+from ..engine.runs import load_run
 
 
 @dataclass
@@ -74,37 +70,17 @@ def load_analysed_run(run_dir: str | os.PathLike, device: torch.device | str = "
     Raises:
         FileNotFoundError: no run folder or no checkpoint there.
         CheckpointError: the checkpoint lacks its config or its weights do not fit.
+        DatasetNotFoundError: the dataset is not in ``data_dir``.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"RUN_DIR {run_dir}: no such folder")
     device = torch.device(device)
-    state = load_checkpoint(run_dir, map_location="cpu")
-    if not isinstance(state.get("config"), dict) or "model" not in state:
-        raise CheckpointError(f"the checkpoint in {run_dir} lacks its config or weights")
-    config = config_from_dict(state["config"])
-    if data_dir is not None:
-        config = dataclasses.replace(config, data_dir=str(data_dir))
-    # The training split's statistics normalise the test images, so load it as trained
-    # (SVHN with or without its extra split).
-    data = load_dataset(config.dataset, config.data_dir, download=False,
-                        synthetic_classes=config.synthetic_classes,
-                        svhn_extra=config.svhn_extra, synthetic_image_size=image_size(config))
-    model = build_model(config, data.num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"the weights in {run_dir} do not fit the network its config "
-                              f"describes: {err}") from err
-    model.to(device).eval()
-    cuda = device.type == "cuda"
-    amp = config.amp if config.amp is not None else ("bf16" if cuda else "none")
-    _, test_loader = loaders_for(data, config.batch_size, device=device, seed=config.seed,
-                                 augment=False)
-    epoch = int(state["epoch"])
-    return AnalysedRun(run_dir, config, epoch, model, test_loader,
-                       torch.bfloat16 if amp == "bf16" else None,
-                       _logged_test_acc(run_dir, epoch))
+    run = load_run(run_dir, device, data_dir=data_dir)
+    # The training split's statistics normalise the test images (load_run loads the data as
+    # trained); the test loader is the trainer's own, at the run's batch size.
+    _, test_loader = loaders_for(run.dataset, run.config.batch_size, device=device,
+                                 seed=run.config.seed, augment=False)
+    return AnalysedRun(run.run_dir, run.config, run.epoch, run.model, test_loader,
+                       autocast_dtype(run.config, device),
+                       _logged_test_acc(run.run_dir, run.epoch))
 
 
 __all__ = ["AnalysedRun", "load_analysed_run"]

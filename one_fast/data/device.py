@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -17,7 +18,8 @@ import torch
 from .augment import augment_batch
 from .dataset import ImageDataset
 
-__all__ = ["DeviceLoader", "augment_batch", "derive_seed", "loaders_for", "shard_indices"]
+__all__ = ["DeviceLoader", "ShardLoader", "augment_batch", "derive_seed", "loaders_for",
+           "shard_indices"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,7 +48,39 @@ def shard_indices(n: int, rank: int, world_size: int, seed: int, equal: bool) ->
     return perm[rank::world_size].sort().values
 
 
-class DeviceLoader:
+class ShardLoader(ABC):
+    """What every loader shares: batches of this rank's shard of a split, counted one way.
+
+    A subclass sets ``batch_size``, ``drop_last``, ``mean`` and ``std`` (per-channel, in
+    [0, 1] units) and defines :attr:`num_samples` and :attr:`image_shape`.
+    """
+
+    batch_size: int
+    drop_last: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    @abstractmethod
+    def num_samples(self) -> int:
+        """Images held by this rank."""
+
+    @property
+    @abstractmethod
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image in a batch."""
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch (drop_last: full batches only)."""
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+class DeviceLoader(ShardLoader):
     """Fixed-shape normalised batches from a uint8 split held on `device`.
 
     Args:
@@ -98,6 +132,7 @@ class DeviceLoader:
         self.batch_size, self.augment, self.pad, self.flip = batch_size, augment, pad, flip
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last, self.channels_last, self.dtype = drop_last, channels_last, dtype
+        self.mean, self.std = tuple(mean), tuple(std)
         # (x / 255 - mean) / std == x * scale + shift, computed in float32 (float64 if asked).
         self._math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         std_t = torch.tensor(std, dtype=torch.float64)
@@ -112,13 +147,9 @@ class DeviceLoader:
         return len(self.labels)
 
     @property
-    def steps_per_epoch(self) -> int:
-        """Batches per epoch (drop_last: full batches only)."""
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image in a batch."""
+        return tuple(self.images.shape[1:])
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         """The generator behind `epoch`'s permutation and augmentation, seeded from

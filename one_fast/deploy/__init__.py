@@ -22,6 +22,7 @@ from .inputs import (
     InputSpec,
     class_names,
     input_spec,
+    loader_input_spec,
     read_input_spec,
     read_inputs,
     save_input_spec,
@@ -31,6 +32,6 @@ from .release import describe, parse_member, select
 __all__ = [
     "FORMATS", "ExportError", "ExportedModel", "InputSpec", "PlainNetwork", "class_names",
     "describe", "export_module", "extract_branch", "extract_ensemble", "input_spec",
-    "load_exported", "load_exported_bytes", "parse_member", "plain_network", "read_input_spec",
-    "read_inputs", "save_input_spec", "select", "verify",
+    "load_exported", "load_exported_bytes", "loader_input_spec", "parse_member",
+    "plain_network", "read_input_spec", "read_inputs", "save_input_spec", "select", "verify",
 ]

@@ -16,12 +16,17 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..data import CIFAR_SPECS, DeviceLoader, ImageDataset
 from ..files import atomic_write
+
+if TYPE_CHECKING:  # annotations only
+    from ..data.device import ShardLoader
+    from ..data.loaders import DatasetInfo
 
 INPUTS_NAME = "inputs.json"  # in a run folder, beside checkpoint.pt
 DIGIT_NAMES = tuple(str(d) for d in range(10))
@@ -111,6 +116,21 @@ def input_spec(data: ImageDataset, data_dir: str | os.PathLike | None = None) ->
     c, h, w = data.image_shape
     return InputSpec(dataset=data.name, num_classes=data.num_classes, channels=c, height=h,
                      width=w, mean=tuple(data.mean), std=tuple(data.std),
+                     class_names=class_names(data.name, data_dir))
+
+
+def loader_input_spec(data: DatasetInfo, loader: ShardLoader,
+                      data_dir: str | os.PathLike | None = None) -> InputSpec:
+    """The :class:`InputSpec` of networks trained from ``loader`` (what the trainer saves).
+
+    Args:
+        data: the trainer's description of the dataset (name, class count).
+        loader: one of the run's loaders (image shape, normalisation statistics).
+        data_dir: where CIFAR's files are (for its class names); None: no CIFAR names.
+    """
+    c, h, w = loader.image_shape
+    return InputSpec(dataset=data.name, num_classes=data.num_classes, channels=c, height=h,
+                     width=w, mean=tuple(loader.mean), std=tuple(loader.std),
                      class_names=class_names(data.name, data_dir))
 
 

@@ -2,7 +2,8 @@
 
 The trainer, and every command that rebuilds a saved run (export, evaluation, analysis), call
 :func:`build_model` with the run's :class:`~one_fast.config.TrainConfig`, so a checkpoint's
-``model`` state always loads into the network it was saved from.
+``model`` state always loads into the network it was saved from; :func:`run_dataset` and
+:func:`autocast_dtype` likewise give them the run's data and evaluation precision.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..config import (
     flag_name,
     validate_model_fields,
 )
+from ..data import ImageDataset, load_dataset
 from ..methods import Method, StudentWithTeacher, create_method
 from ..models import ARCHS, BranchedNetwork, create_model
 from .checkpoint import load_checkpoint
@@ -31,6 +33,46 @@ def arch_options(config: TrainConfig) -> dict[str, object]:
 def image_size(config: TrainConfig) -> int:
     """--image-size, or the arch's own input size (32 for the CIFAR archs, 224 for ImageNet)."""
     return config.image_size if config.image_size is not None else ARCHS[config.arch].image_size
+
+
+def run_dataset(config: TrainConfig, download: bool = False) -> ImageDataset:
+    """The dataset a run trains on, loaded as the trainer loads it.
+
+    Args:
+        config: the run's settings (``dataset``, ``data_dir``, ``synthetic_classes``,
+            ``svhn_extra``; synthetic images take the arch's input size).
+        download: fetch the dataset when it is not in ``data_dir``.
+
+    Returns:
+        The :class:`~one_fast.data.ImageDataset` (its training split's statistics normalise
+        both splits).
+
+    Raises:
+        DatasetNotFoundError: not in ``data_dir`` and not downloaded.
+    """
+    return load_dataset(config.dataset, config.data_dir, download,
+                        synthetic_classes=config.synthetic_classes,
+                        svhn_extra=config.svhn_extra, synthetic_image_size=image_size(config))
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run trains and evaluates in on ``device``.
+
+    Args:
+        config: the run's settings; ``amp`` None means bf16 on CUDA, float32 elsewhere.
+        device: where the network runs.
+
+    Returns:
+        ``torch.bfloat16``, or None for plain float32.
+
+    Raises:
+        ValueError: ``amp`` is neither bf16 nor none, naming --amp.
+    """
+    amp = config.amp if config.amp is not None else (
+        "bf16" if torch.device(device).type == "cuda" else "none")
+    if amp not in ("bf16", "none"):
+        raise ValueError(f"--amp must be bf16 or none, got {amp!r}")
+    return torch.bfloat16 if amp == "bf16" else None
 
 
 def build_model(config: TrainConfig, num_classes: int,

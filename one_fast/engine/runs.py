@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig, config_from_dict
-from ..data import ImageDataset, load_dataset
+from ..data import ImageDataset
 from ..deploy.inputs import InputSpec, input_spec, read_input_spec
 from ..methods import Method
 from ..models import BranchedNetwork
 from .checkpoint import CheckpointError, load_checkpoint
-from .model_setup import build_method, build_model, image_size
+from .model_setup import build_method, build_model, run_dataset
 
 
 @dataclass
@@ -88,10 +88,7 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu", *,
     inputs = None if load_data else read_input_spec(run_dir)
     dataset = None
     if inputs is None:
-        dataset = load_dataset(config.dataset, config.data_dir, download=False,
-                               synthetic_classes=config.synthetic_classes,
-                               svhn_extra=config.svhn_extra,
-                               synthetic_image_size=image_size(config))
+        dataset = run_dataset(config)
         inputs = read_input_spec(run_dir) or input_spec(dataset, config.data_dir)
 
     model = build_model(config, inputs.num_classes)

@@ -44,4 +44,4 @@ def test_both_analyses_written_and_zero_noise_reproduces_the_runs_error(run_dir,
 
 def test_missing_run_folder_is_one_error_line(tmp_path, capsys):
     assert analyze.main([str(tmp_path / "nope")]) == 1
-    assert capsys.readouterr().err.startswith(f"error: RUN_DIR {tmp_path / 'nope'}")
+    assert capsys.readouterr().err.startswith(f"error: no run folder at {tmp_path / 'nope'}")

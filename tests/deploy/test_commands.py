@@ -235,7 +235,25 @@ def test_a_run_folder_with_inputs_json_needs_no_dataset(trained_run, loaded, tmp
     def no_dataset(*args, **kwargs):
         raise AssertionError("the dataset was loaded")
 
-    monkeypatch.setattr(runs, "load_dataset", no_dataset)
+    monkeypatch.setattr(runs, "run_dataset", no_dataset)
     paths = write_digits(loaded, tmp_path, n=1)
     result = run_json(predict_command.main, [str(copy), *paths, "--top-k", "1"], capsys)
     assert result["predictions"][0]["top"][0]["name"].startswith("digit-")
+
+
+def test_the_trainer_writes_inputs_json_so_predict_needs_no_dataset(trained_run, loaded,
+                                                                    tmp_path, capsys,
+                                                                    monkeypatch):
+    from one_fast.deploy import input_spec, read_input_spec
+    from one_fast.engine import runs
+
+    # written at run start from the training data (not by a later command)
+    assert read_input_spec(trained_run) == input_spec(loaded.dataset, loaded.config.data_dir)
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(runs, "run_dataset", no_dataset)
+    paths = write_digits(loaded, tmp_path, n=2)
+    result = run_json(predict_command.main, [str(trained_run), *paths], capsys)
+    assert len(result["predictions"]) == 2

@@ -19,16 +19,8 @@ from one_fast.models import create_model
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("no_tf32"),  # exact float32: paths differ only in summation order
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Exact float32 convolutions, so grouped and plain convolutions differ only in order."""
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 @pytest.mark.parametrize("arch, options", [("resnet", dict(depth=8)),

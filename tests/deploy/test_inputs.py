@@ -69,3 +69,36 @@ def test_a_meta_file_with_code_in_it_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unreadable"):
         class_names("cifar100", tmp_path)
     assert class_names("svhn", tmp_path) is None
+
+
+def test_the_trainers_spec_from_its_loaders_equals_the_datasets():
+    # What the trainer saves (from build_loaders' info and loader) is what a dataset gives.
+    from one_fast.data.loaders import build_loaders
+    from one_fast.deploy import loader_input_spec
+
+    _, test, info = build_loaders("digits", 64, device="cpu", seed=0)
+    assert loader_input_spec(info, test) == input_spec(load_dataset("digits"))
+
+
+def test_the_trainers_spec_of_an_imagenet_loader(tmp_path):
+    from one_fast.data.imagenet import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ImageNetLoader,
+        dali_available,
+        find_imagenet,
+    )
+    from one_fast.data.loaders import DatasetInfo
+    from one_fast.deploy import loader_input_spec
+    from tests.data.imagenet_files import make_tiny_imagenet
+
+    if not dali_available():
+        pytest.skip("NVIDIA DALI is not installed")
+    layout = find_imagenet(make_tiny_imagenet(tmp_path).root)
+    loader = ImageNetLoader(layout.val, 4, device="cpu", seed=0, augment=False,
+                            drop_last=False, image_size=24, num_threads=1)
+    info = DatasetInfo("imagenet", len(layout.train), len(layout.val), layout.num_classes, 24)
+    spec = loader_input_spec(info, loader, tmp_path)
+    assert spec.image_shape == (3, 24, 24) and spec.num_classes == layout.num_classes
+    assert spec.mean == tuple(IMAGENET_MEAN) and spec.std == tuple(IMAGENET_STD)
+    assert spec.dataset == "imagenet" and spec.class_names is None

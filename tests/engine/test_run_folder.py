@@ -81,3 +81,15 @@ def test_out_dir_naming_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(RunFolderError, match="is a file, not a folder"):
         prepare_run_folder(tmp_path / "f", resume=None, overwrite=False)
+
+
+def test_inputs_json_is_a_run_file(tmp_path):
+    # The trainer writes inputs.json at run start: a folder holding only it (a run stopped in
+    # its first epoch) is a run's, refused without --overwrite and cleared by it.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "inputs.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="inputs.json"):
+        prepare_run_folder(run, resume=None, overwrite=False)
+    prepare_run_folder(run, resume=None, overwrite=True)
+    assert list(run.iterdir()) == []

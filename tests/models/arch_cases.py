@@ -1,4 +1,5 @@
-"""Small configurations of every arch, shared by the model tests."""
+"""Small configurations of every arch and a recorded training step, shared by the model
+tests."""
 
 from __future__ import annotations
 
@@ -28,3 +29,23 @@ def small_model(arch: str, num_branches: int, num_classes: int = 5, **options):
                                  num_classes=num_classes, num_branches=num_branches, **options)
     return create_model(arch, num_classes=num_classes, num_branches=num_branches,
                         **SMALL[arch][0], **options)
+
+
+def bn_state(model):
+    """Copies of the BatchNorm running statistics and batch counters."""
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if "running" in k or "num_batches" in k}
+
+
+def train_step(model, x, y, batched, loss):
+    """One backward pass in train mode on the batched (or per-branch) path.
+
+    Returns:
+        (logits, gate, {name: gradient}, BatchNorm state after the pass).
+    """
+    model.batched = batched
+    model.train()
+    logits, gate = model(x)
+    loss(logits, gate, y).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    return logits.detach(), gate.detach(), grads, bn_state(model)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from one_fast import one_loss
 from one_fast.models import BranchedNetwork, create_model
 
-from .arch_cases import ARCH_NAMES, SMALL, small_model
+from .arch_cases import ARCH_NAMES, SMALL, bn_state, small_model, train_step
 
 
 def gated_loss(logits, gate, y):
@@ -21,24 +21,10 @@ def gated_loss(logits, gate, y):
     return branch + F.cross_entropy((gate.unsqueeze(-1) * logits).sum(1), y)
 
 
-def bn_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()
-            if "running" in k or "num_batches" in k}
-
-
-def train_step(model, x, y, batched):
-    model.batched = batched
-    model.train()
-    logits, gate = model(x)
-    gated_loss(logits, gate, y).backward()
-    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
-    return logits.detach(), gate.detach(), grads, bn_state(model)
-
-
 def assert_paths_agree(model, x, y, tol):
     twin = copy.deepcopy(model)
-    got = train_step(model, x, y, batched=True)
-    want = train_step(twin, x, y, batched=False)
+    got = train_step(model, x, y, True, gated_loss)
+    want = train_step(twin, x, y, False, gated_loss)
     torch.testing.assert_close(got[0], want[0], **tol)
     torch.testing.assert_close(got[1], want[1], **tol)
     assert got[2].keys() == want[2].keys() == dict(model.named_parameters()).keys()
@@ -82,8 +68,8 @@ def test_batched_matches_per_branch_float32_unshared(arch):
     twin = copy.deepcopy(model)
     size = SMALL[arch][1]
     x, y = torch.randn(3, 3, size, size), torch.randint(0, 5, (3,))
-    got = train_step(model, x, y, batched=True)
-    want = train_step(twin, x, y, batched=False)
+    got = train_step(model, x, y, True, gated_loss)
+    want = train_step(twin, x, y, False, gated_loss)
     tol = dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[0], want[0], **tol)
     torch.testing.assert_close(got[1], want[1], **tol)

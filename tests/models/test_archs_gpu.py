@@ -11,16 +11,8 @@ from .arch_cases import ARCH_NAMES, SMALL, small_model
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("no_tf32"),  # exact float32: paths differ only in summation order
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Exact float32 convolutions and matmuls, so the paths differ only by summation order."""
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 def cuda_inputs(arch, n=4):

@@ -9,6 +9,8 @@ import torch
 
 from one_fast import ONEResNet, one_loss
 
+from .arch_cases import bn_state, train_step
+
 
 def expected_parameters(depth, num_classes, m, block="basic", shared_stages=2, gate=True):
     """Count parameters from the architecture's description, layer by layer (no model code)."""
@@ -73,21 +75,6 @@ def test_no_gate_is_uniform():
     torch.testing.assert_close(gate, torch.full((3, 4), 0.25))
 
 
-def bn_buffers(model):
-    return {k: v.clone() for k, v in model.state_dict().items()
-            if "running" in k or "num_batches" in k}
-
-
-def train_step(model, x, y, batched):
-    model.batched = batched
-    model.train()
-    logits, gate = model(x)
-    loss = one_loss(logits, gate, y)
-    loss.backward()
-    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
-    return logits.detach(), gate.detach(), grads, bn_buffers(model)
-
-
 @pytest.mark.parametrize("m", [1, 2, 3, 5])
 @pytest.mark.parametrize("shared", [0, 1, 2])
 def test_batched_matches_per_branch(m, shared):
@@ -95,8 +82,8 @@ def test_batched_matches_per_branch(m, shared):
     model = ONEResNet(8, 7, m, shared_stages=shared)
     twin = copy.deepcopy(model)
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 7, (6,))
-    out_b = train_step(model, x, y, batched=True)
-    out_r = train_step(twin, x, y, batched=False)
+    out_b = train_step(model, x, y, True, one_loss)
+    out_r = train_step(twin, x, y, False, one_loss)
     tol = dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out_b[0], out_r[0], **tol)
     torch.testing.assert_close(out_b[1], out_r[1], **tol)
@@ -106,7 +93,7 @@ def test_batched_matches_per_branch(m, shared):
     for k in out_b[3]:
         torch.testing.assert_close(out_b[3][k], out_r[3][k], **tol, msg=lambda s, k=k: f"{k}: {s}")
     # Running stats really moved: the comparison above is not between two untouched buffers.
-    fresh = bn_buffers(ONEResNet(8, 7, m, shared_stages=shared))
+    fresh = bn_state(ONEResNet(8, 7, m, shared_stages=shared))
     moved = [k for k in fresh if "running_mean" in k and not torch.equal(fresh[k], out_b[3][k])]
     assert len(moved) == len([k for k in fresh if "running_mean" in k])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import derive_seed, shard_indices
+from ..device import ShardLoader, derive_seed, shard_indices
 from ..errors import CorruptDatasetError
 from .layout import ImageNetLayout, ImageSplit
 from .pipeline import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, build_pipeline, import_dali
@@ -77,7 +77,7 @@ def default_num_threads() -> int:
     return max(1, (cpus or 1) // max(local_ranks, 1))
 
 
-class ImageNetLoader:
+class ImageNetLoader(ShardLoader):
     """Fixed-shape batches of one split of an ImageNet-layout folder, decoded by DALI.
 
     Args:
@@ -139,13 +139,9 @@ class ImageNetLoader:
         return len(self.indices)
 
     @property
-    def steps_per_epoch(self) -> int:
-        """Batches per epoch (drop_last: full batches only)."""
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image in a batch."""
+        return (3, self.image_size, self.image_size)
 
     def _epoch_positions(self, epoch: int) -> np.ndarray:
         """Positions within this rank's shard that epoch `epoch` yields, in order."""
