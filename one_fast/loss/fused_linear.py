@@ -17,6 +17,7 @@ from torch import nn
 from . import native, reference
 from .fused_linear_chunks import auto_chunk_rows
 from .fused_linear_op import forward_op, triton_backend
+from .fused_op import kl_weight_tensor
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
 
@@ -24,16 +25,6 @@ from .validation import validate_one_loss_args
 _KERNEL_NAMES = {reference.row_terms: "reference", native.row_terms: "native"}
 if triton_backend is not None:
     _KERNEL_NAMES[triton_backend.row_terms] = "triton"
-
-
-def _kl_weight_tensor(kl_weight: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """kl_weight as the (1,) float64 device tensor the kernels read (no host sync)."""
-    if isinstance(kl_weight, torch.Tensor):
-        if kl_weight.requires_grad and torch.is_grad_enabled():
-            raise ValueError("kl_weight: a tensor that requires grad is not differentiated by "
-                             "fused_linear_one_loss (pass kl_weight.detach())")
-        return kl_weight.detach().reshape(1).to(device=device, dtype=torch.float64)
-    return torch.full((1,), float(kl_weight), dtype=torch.float64, device=device)
 
 
 def _validate_linear(hidden, weight, bias, chunk_size) -> None:
@@ -137,10 +128,12 @@ def fused_linear_one_loss(
     grad = torch.is_grad_enabled()
     needs = [grad and hidden.requires_grad, grad and weight.requires_grad,
              grad and bias is not None and bias.requires_grad, grad and gate.requires_grad]
+    kl_w = kl_weight_tensor(kl_weight, hidden.device,
+                            "kl_weight: a tensor that requires grad is not differentiated by "
+                            "fused_linear_one_loss (pass kl_weight.detach())")
     loss, loss_rows, ce, ce_e, kl, *_ = forward_op(
-        hidden, weight, bias, gate, target.long(), _kl_weight_tensor(kl_weight, hidden.device),
-        float(temperature), bool(detach_teacher), int(ignore_index), reduction, int(rows),
-        kernel, needs)
+        hidden, weight, bias, gate, target.long(), kl_w, float(temperature),
+        bool(detach_teacher), int(ignore_index), reduction, int(rows), kernel, needs)
     if not return_terms:
         return loss
     terms = reduce_terms(RowTerms(loss_rows, ce, ce_e, kl, target != ignore_index), reduction)

@@ -81,20 +81,30 @@ def define_python_op(qualname: str, impl: Callable, device_types=None):
     return op
 
 
+def kl_weight_tensor(kl_weight: float | torch.Tensor, device: torch.device,
+                     refusal: str) -> torch.Tensor:
+    """``kl_weight`` as the (1,) float64 device tensor the fused kernels read (no host sync).
+
+    The kernels take it as a constant: a tensor that requires grad (with grad enabled) is
+    refused with ``refusal`` rather than silently detached.
+    """
+    if isinstance(kl_weight, torch.Tensor):
+        if kl_weight.requires_grad and torch.is_grad_enabled():
+            raise ValueError(refusal)
+        return kl_weight.detach().reshape(1).to(device=device, dtype=torch.float64)
+    return torch.full((1,), float(kl_weight), dtype=torch.float64, device=device)
+
+
 def row_terms_from_op(op: Callable) -> Callable[..., RowTerms]:
     """Build a backend's ``row_terms`` function around a fused operator."""
 
     def row_terms(logits, gate, target, temperature, kl_weight, detach_teacher, ignore_index):
         compute_grad = torch.is_grad_enabled() and (logits.requires_grad or gate.requires_grad)
-        if isinstance(kl_weight, torch.Tensor) and kl_weight.requires_grad \
-                and torch.is_grad_enabled():
-            raise ValueError("kl_weight: a tensor that requires grad is differentiated only by "
-                             "backend='reference'; the fused kernels take it as a constant "
-                             "(pass kl_weight.detach())")
-        if isinstance(kl_weight, torch.Tensor):
-            kl_w = kl_weight.detach().reshape(1).to(device=logits.device, dtype=torch.float64)
-        else:
-            kl_w = torch.full((1,), float(kl_weight), dtype=torch.float64, device=logits.device)
+        kl_w = kl_weight_tensor(
+            kl_weight, logits.device,
+            "kl_weight: a tensor that requires grad is differentiated only by "
+            "backend='reference'; the fused kernels take it as a constant "
+            "(pass kl_weight.detach())")
         loss, ce_branch, ce_ensemble, kl, _, _ = op(
             logits, gate, target.long(), kl_w, float(temperature), bool(detach_teacher),
             int(ignore_index), compute_grad)
