@@ -189,6 +189,7 @@ setup(
             "pytest-benchmark",
             "hypothesis",
             "ruff",
+            "import-linter",  # lint-imports: the layers contract in pyproject.toml
             "nvidia-ml-py",
             "scikit-learn",
             "tensorboard",

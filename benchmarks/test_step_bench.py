@@ -2,7 +2,7 @@
 engine's optimisations alone on top of the authors' step.
 
 Every variant is one :class:`one_fast.engine.step.TrainStep` call per batch — forward, ONE loss,
-backward, SGD update — built from the trainer's own pieces (``one_fast.train``: the config's
+backward, SGD update — built from the trainer's own pieces (``one_fast.runs``: the config's
 runtime resolution, ``build_model``, ``make_method``) on synthetic CIFAR-100-shaped batches
 already on the device (``one_fast.data``'s device loader, augmented there), a different batch
 each step.
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from one_fast import train
-from one_fast.config import config_from_args
+from one_fast.cli.train_flags import config_from_args
 from one_fast.data import load_synthetic, loaders_for
 from one_fast.engine.distributed import DistInfo
 from one_fast.engine.step import WARMUP_STEPS, TrainStep
+from one_fast.runs import assembly, runtime, trainer
 
 from .environment import DEVICE, LABEL, is_cuda
 from .harness import measure
@@ -95,20 +95,20 @@ def config_for(variant: Variant):
         base, depth=DEPTH, batch_size=BATCH, device=str(DEVICE), fused=variant.fused,
         compile=variant.compile, cuda_graphs=variant.cuda_graphs,
         amp="bf16" if variant.bf16 else "none", channels_last=variant.channels_last)
-    return config, train.resolve_runtime(config, DistInfo(0, 1, DEVICE))
+    return config, runtime.resolve_runtime(config, DistInfo(0, 1, DEVICE))
 
 
 def build_step(variant: Variant, config, runtime) -> TrainStep:
-    """Model, SGD and TrainStep exactly as ``one_fast.train`` composes them."""
+    """Model, SGD and TrainStep exactly as the trainer (``one_fast.runs``) composes them."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = train.build_model(config, NUM_CLASSES).to(DEVICE, memory_format=memory_format)
+    model = assembly.build_model(config, NUM_CLASSES).to(DEVICE, memory_format=memory_format)
     model.batched = variant.batched
     lr = torch.tensor(config.lr, device=DEVICE)
-    optimizer = train.build_optimizer(config, runtime, model, lr)
+    optimizer = runtime.build_optimizer(config, runtime, model, lr)
     if runtime.compile:
         torch._dynamo.reset()  # each compiled variant starts from a clean cache
-    step = TrainStep(model, optimizer, train.make_method(config, runtime.loss_backend), lr,
+    step = TrainStep(model, optimizer, trainer.make_method(config, runtime.loss_backend), lr,
                      amp_dtype=runtime.amp_dtype, compile=runtime.compile,
                      cuda_graphs=runtime.cuda_graphs)
     step.kl_weight.fill_(config.kl_weight)

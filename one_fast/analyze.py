@@ -19,7 +19,6 @@ import torch
 from .analysis import (
     NOISE_MODEL,
     branch_agreement,
-    load_analysed_run,
     member_outputs,
     perturbation_robustness,
     plot_agreement,
@@ -28,6 +27,7 @@ from .analysis import (
 from .data.errors import DatasetNotFoundError
 from .engine.checkpoint import CheckpointError
 from .files import atomic_write
+from .runs import load_analysed_run
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 

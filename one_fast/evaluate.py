@@ -18,11 +18,11 @@ import torch
 from .data import DatasetNotFoundError, DeviceLoader
 from .engine.breakdown import mean_loss_terms, per_class_accuracy
 from .engine.checkpoint import CheckpointError
-from .engine.evaluate import Evaluator
+from .engine.evaluation import Evaluator
 from .engine.metrics import read_metrics
-from .engine.model_setup import autocast_dtype, training_module
-from .engine.runs import LoadedRun, load_run
 from .engine.schedule import kl_weight
+from .runs import LoadedRun, load_run
+from .runs.assembly import autocast_dtype, training_module
 
 
 def build_parser() -> argparse.ArgumentParser:

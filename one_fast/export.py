@@ -34,7 +34,7 @@ from .deploy import (
     select,
 )
 from .engine.checkpoint import CheckpointError
-from .engine.runs import LoadedRun, load_run
+from .runs import LoadedRun, load_run
 
 CHECK_IMAGES = 8  # images the written file is checked on
 

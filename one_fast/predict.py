@@ -22,7 +22,7 @@ import torch
 from .data import DatasetNotFoundError
 from .deploy import ExportError, InputSpec, load_exported, parse_member, read_inputs, select
 from .engine.checkpoint import CheckpointError
-from .engine.runs import load_run
+from .runs import load_run
 
 
 def build_parser() -> argparse.ArgumentParser:

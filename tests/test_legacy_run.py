@@ -47,3 +47,18 @@ def test_legacy_run_resumes(legacy_run, capsys):
     epochs = [json.loads(line)["epoch"]
               for line in (legacy_run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_the_old_load_run_path_still_works():
+    """``one_fast.engine.runs`` (where load_run lived before the layering) is a deprecated
+    alias of :mod:`one_fast.runs.loading`."""
+    import importlib
+    import sys
+
+    sys.modules.pop("one_fast.engine.runs", None)
+    with pytest.warns(DeprecationWarning, match="import load_run from one_fast.runs"):
+        old = importlib.import_module("one_fast.engine.runs")
+    from one_fast.runs import load_run
+
+    assert old.load_run is load_run
+    assert old.load_run(LEGACY).epoch == 2

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from one_fast import train
-from one_fast.config import TrainConfig, config_from_args
+from one_fast.cli.train_flags import config_from_args
+from one_fast.config import TrainConfig
 from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from one_fast.engine.step import NonFiniteLossError
+from one_fast.runs import runtime, trainer
 
 from .full_disk import fill_disk_after
 
@@ -83,7 +85,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     ckpt = Path(cfg.out_dir) / "checkpoint.pt"
     before = ckpt.read_bytes()
 
-    real = train.make_method
+    real = trainer.make_method
 
     def poisoned(config, backend):
         method = real(config, backend)
@@ -94,7 +96,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         method.loss = nan_loss
         return method
 
-    monkeypatch.setattr(train, "make_method", poisoned)
+    monkeypatch.setattr(trainer, "make_method", poisoned)
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
         train.run(quick(tmp_path, epochs=2, resume=cfg.out_dir))
     assert ckpt.read_bytes() == before
@@ -342,22 +344,22 @@ def test_console_prints_every_evaluated_epoch(tmp_path, capsys):
 
 
 def test_progress_bar_reads_the_loss_from_the_first_step():
-    reads = [s for s in range(1, 80) if train._read_loss_after(s)]
+    reads = [s for s in range(1, 80) if trainer._read_loss_after(s)]
     assert reads == [1, 2, 4, 8, 16, 25, 50, 75]
 
 
 def test_fused_names_the_flags_when_it_cannot_run(monkeypatch):
-    cpu = train.distributed.DistInfo(0, 1, torch.device("cpu"))
+    cpu = runtime.distributed.DistInfo(0, 1, torch.device("cpu"))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     wide = dataclasses.replace(config_from_args([]), fused=True, num_branches=9)
     rt = train.resolve_runtime(wide, cpu)
-    if "native" in train.available_backends("cpu"):
+    if "native" in runtime.available_backends("cpu"):
         assert rt.loss_backend == "reference"
         assert "the native kernel takes at most 8 branches, --num-branches is 9" in rt.note
     hot = dataclasses.replace(config_from_args([]), fused=True, temperature=1000.0)
     assert train.resolve_runtime(hot, cpu).loss_backend == "reference"
     # Not built (e.g. pip's build isolation hid torch from setup.py): say why and how.
-    monkeypatch.setattr(train.native, "LOAD_ERROR", ModuleNotFoundError("one_fast._native"))
-    monkeypatch.setattr(train, "available_backends", lambda device: ["reference"])
+    monkeypatch.setattr(runtime.native, "LOAD_ERROR", ModuleNotFoundError("one_fast._native"))
+    monkeypatch.setattr(runtime, "available_backends", lambda device: ["reference"])
     note = train.resolve_runtime(dataclasses.replace(wide, num_branches=3), cpu).note
     assert "was not built" in note and "pip install --no-build-isolation -e ." in note

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from one_fast import train
-from one_fast.config import ARCH_OPTION_FIELDS, MODEL_FIELDS, config_from_flags, parse_flags
+from one_fast.cli.train_flags import parse_flags
+from one_fast.config import ARCH_OPTION_FIELDS, MODEL_FIELDS, config_from_flags
 from one_fast.data import loaders
 from one_fast.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from one_fast.engine.model_setup import build_model, image_size
 from one_fast.models import ARCHS
 from one_fast.models.wrn import WideBlock
+from one_fast.runs.assembly import build_model, image_size
 
 from .test_train import main_error
 

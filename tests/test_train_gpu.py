@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from one_fast import ONEResNet, train
-from one_fast.config import config_from_args
+from one_fast.cli.train_flags import config_from_args
 from one_fast.engine.step import WARMUP_STEPS, TrainStep
 from one_fast.methods import ONEMethod, StudentWithTeacher, create_method
 from one_fast.models import create_model

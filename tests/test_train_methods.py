@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from one_fast import train
-from one_fast.config import config_from_args, config_from_flags, parse_flags
+from one_fast.cli.train_flags import config_from_args, parse_flags
+from one_fast.config import config_from_flags
 from one_fast.data import load_dataset, loaders_for
 from one_fast.engine.checkpoint import load_checkpoint
-from one_fast.engine.model_setup import build_model
+from one_fast.runs.assembly import build_model
 
 from .test_train import cli, main_error
 

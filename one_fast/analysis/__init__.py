@@ -1,5 +1,6 @@
 """The paper's model analysis (§4.6) of trained runs: weight-perturbation robustness and the
-agreement of ensemble members. ``python -m one_fast.analyze RUN_DIR`` runs both."""
+agreement of ensemble members. ``python -m one_fast.analyze RUN_DIR`` runs both on a run
+loaded by :func:`one_fast.runs.load_analysed_run`."""
 
 from .agreement import branch_agreement, plot_agreement
 from .outputs import MemberOutputs, member_outputs
@@ -9,8 +10,6 @@ from .perturbation import (
     perturbation_robustness,
     plot_perturbation,
 )
-from .run_model import AnalysedRun, load_analysed_run
 
-__all__ = ["NOISE_MODEL", "AnalysedRun", "MemberOutputs", "add_relative_noise", "branch_agreement",
-           "load_analysed_run", "perturbation_robustness", "plot_agreement", "plot_perturbation",
-           "member_outputs"]
+__all__ = ["NOISE_MODEL", "MemberOutputs", "add_relative_noise", "branch_agreement",
+           "member_outputs", "perturbation_robustness", "plot_agreement", "plot_perturbation"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine.costs import FLOPS_CONVENTION, inference_flops
+from ..costs import FLOPS_CONVENTION, inference_flops
 from ..methods import Method
 from ..models import BranchedNetwork
 from .extract import PlainNetwork, extract_branch, extract_ensemble
@@ -50,7 +50,7 @@ def describe(module: PlainNetwork, member: Member, method: Method, inputs: Input
 
     Holds what the file computes ("output": "logits", or "log_probabilities" for an
     averaged-probability ensemble), the network to rebuild it from (arch, options, m), its
-    inputs, parameter count and FLOPs per image (engine/costs.py's convention).
+    inputs, parameter count and FLOPs per image (one_fast.costs' convention).
     """
     network = module.network
     averaged = member == "ensemble" and not method.uses_gate

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..engine.costs import FLOPS_CONVENTION
+from ..costs import FLOPS_CONVENTION
 from ..files import atomic_write
 from .run_costs import configuration_costs
 from .runner import FINISHED, RunnerOptions, TableResult, precision_label, resolve_precision

@@ -1,10 +1,10 @@
-"""A configuration's training and test cost, counted on its real network (engine/costs.py)."""
+"""A configuration's training and test cost, counted on its real network (one_fast.costs)."""
 
 from __future__ import annotations
 
 import functools
 
-from ..engine.costs import Costs, model_costs
+from ..costs import Costs, model_costs
 from ..models import create_model
 from .tables import BACKBONES, Configuration
 
@@ -22,7 +22,7 @@ DATASET_SHAPES = {
 @functools.cache  # counted once per configuration per process
 def configuration_costs(config: Configuration) -> Costs:
     """FLOPs (2 x multiply-adds) and parameters of ``config``'s network, counted by
-    :func:`one_fast.engine.costs.model_costs` on the meta device.
+    :func:`one_fast.costs.model_costs` on the meta device.
 
     Raises:
         ValueError: a dataset whose input shape is not known here.

@@ -5,9 +5,8 @@ A table is a list of :class:`Configuration` s; each is one ``python -m one_fast.
 (branch 0) and, for methods with an ensemble, the ensemble (ONE-E, or the m-Net average).
 
 Paper figures are top-1 test error (%) from Lan, Zhu & Gong, "Knowledge Distillation by On-the-Fly
-Native Ensemble", NeurIPS 2018, as quoted in one_fast issue #11; every figure below names the
-paper's table it comes from. A cell is left empty wherever no figure has been checked -- no
-figure is filled in from memory.
+Native Ensemble", NeurIPS 2018; every figure below names the paper's table it comes from. A cell
+is left empty wherever no figure has been checked -- no figure is filled in from memory.
 """
 
 from __future__ import annotations

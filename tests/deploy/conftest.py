@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from one_fast.config import config_from_args
+from one_fast.cli.train_flags import config_from_args
 from one_fast.train import run
 
 

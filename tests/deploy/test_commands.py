@@ -14,8 +14,8 @@ from one_fast import evaluate as evaluate_command
 from one_fast import export as export_command
 from one_fast import predict as predict_command
 from one_fast.engine.metrics import read_metrics
-from one_fast.engine.runs import load_run
 from one_fast.models import create_model
+from one_fast.runs import load_run
 
 
 def run_json(main, argv, capsys):
@@ -225,7 +225,7 @@ def test_a_run_folder_with_inputs_json_needs_no_dataset(trained_run, loaded, tmp
     import shutil
 
     from one_fast.deploy import save_input_spec
-    from one_fast.engine import runs
+    from one_fast.runs import loading as runs
 
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
@@ -245,7 +245,7 @@ def test_the_trainer_writes_inputs_json_so_predict_needs_no_dataset(trained_run,
                                                                     tmp_path, capsys,
                                                                     monkeypatch):
     from one_fast.deploy import input_spec, read_input_spec
-    from one_fast.engine import runs
+    from one_fast.runs import loading as runs
 
     # written at run start from the training data (not by a later command)
     assert read_input_spec(trained_run) == input_spec(loaded.dataset, loaded.config.data_dir)

@@ -10,9 +10,9 @@ import torch
 
 from one_fast import evaluate as evaluate_command
 from one_fast import export as export_command
-from one_fast.config import config_from_args
+from one_fast.cli.train_flags import config_from_args
 from one_fast.engine.metrics import read_metrics
-from one_fast.engine.runs import load_run
+from one_fast.runs import load_run
 from one_fast.train import run
 
 pytestmark = pytest.mark.slow  # each trains a short run of its own

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from one_fast.engine.costs import FLOPS_CONVENTION, Costs, inference_flops, model_costs
+from one_fast.costs import FLOPS_CONVENTION, Costs, inference_flops, model_costs
 from one_fast.models import ONEResNet
 
 
@@ -36,7 +36,7 @@ def test_one_resnet32_matches_the_authors_figure():
     assert costs.ensemble_flops == pytest.approx(2.28e8, rel=0.02)
     # The student is exactly the m = 1 network.
     assert costs.student_flops == plain_forward_flops(resnet(32), 1)
-    # Parameter counts checked against the authors' own ONE_ResNet (DESIGN.md).
+    # Parameter counts checked against the authors' own ONE_ResNet (their public code).
     assert (costs.student_params, costs.ensemble_params) == (472_756, 1_193_189)
     # Training: every forward multiply-add is one of the input gradient and one of the weight
     # gradient, except the stem's input gradient (the images need none); the loss adds its

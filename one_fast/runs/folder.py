@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from ..deploy.inputs import INPUTS_NAME
-from .checkpoint import CHECKPOINT_NAME
-from .metrics import METRICS_NAME
+from ..engine.checkpoint import CHECKPOINT_NAME
+from ..engine.metrics import METRICS_NAME
 
 # What a run writes into its folder (temp files of atomic writes start with ".<name>.").
 RUN_FILES = (CHECKPOINT_NAME, "checkpoint.json", METRICS_NAME, "curves.png", "tensorboard",

@@ -7,8 +7,8 @@ their backward passes); batch norm, activations, pooling, additions and the loss
 arithmetic count 0. That is also the convention of the ONE authors' figures (2.28e8 FLOPs for
 the ONE ResNet-32 forward, 8.29e8 for their ResNet-110), which FlopCounterMode reproduces.
 
-One rule is replaced: torch's count for the backward of a *grouped* convolution (torch 2.13, as
-measured) counts the weight gradient `groups` times over (pytorch/pytorch PR #183405 proposes
+One rule is replaced: torch's count for the backward of a *grouped* convolution (torch 2.13)
+counts the weight gradient `groups` times over (pytorch/pytorch pull request 183405 proposes
 dividing it by groups), and ONE's batched branches are grouped convolutions (groups = m): a ONE
 ResNet-32's (m = 3) training FLOPs came out 9.39e8 instead of 6.85e8. Here each multiply-add of a
 convolution's forward counts as one multiply-add of its input gradient and one of its weight

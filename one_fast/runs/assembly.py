@@ -3,7 +3,8 @@
 The trainer, and every command that rebuilds a saved run (export, evaluation, analysis), call
 :func:`build_model` with the run's :class:`~one_fast.config.TrainConfig`, so a checkpoint's
 ``model`` state always loads into the network it was saved from; :func:`run_dataset` and
-:func:`autocast_dtype` likewise give them the run's data and evaluation precision.
+:func:`autocast_dtype` likewise give them the run's data and evaluation precision, and
+:func:`run_costs` the cost the run prints and records.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from ..config import (
     flag_name,
     validate_model_fields,
 )
+from ..costs import inference_flops, model_costs
 from ..data import ImageDataset, load_dataset
+from ..engine.checkpoint import load_checkpoint
 from ..methods import Method, StudentWithTeacher, create_method
 from ..models import ARCHS, BranchedNetwork, create_model
-from .checkpoint import load_checkpoint
 
 
 def arch_options(config: TrainConfig) -> dict[str, object]:
@@ -172,3 +174,32 @@ def describe_model(config: TrainConfig) -> str:
     shown = ", ".join(f"{k} {v}" for k, v in options.items())
     return f"{config.arch}" + (f" ({shown})" if shown else "")
 
+
+
+def run_costs(config: TrainConfig, num_classes: int,
+              input_shape: tuple[int, ...], teacher: nn.Module | None = None
+              ) -> tuple[dict[str, object], str]:
+    """FLOPs per image and parameters of the run's network (counted on the meta device).
+
+    The loss is the method's reference formulation (the fused kernels do the same work, which
+    counts 0 FLOPs: no matmuls). For kd the training FLOPs are the student's; the frozen
+    teacher's forward per image is counted separately (``teacher_flops``).
+
+    Returns:
+        The record stored in the run's first metrics record (``Costs.to_dict()``, plus
+        ``teacher_flops`` for kd), and the line printed at the start of the run.
+    """
+    method = build_method(config)
+
+    def loss_fn(logits, gate, y):
+        outputs = (logits, gate) if config.method != "kd" else (logits, gate, logits[:, 0])
+        return method.loss(outputs, y, 1.0).loss
+
+    costs = model_costs(lambda m: build_model(config, num_classes, num_branches=m),
+                        config.num_branches, input_shape, loss_fn=loss_fn)
+    record, line = costs.to_dict(), costs.describe()
+    if teacher is not None:
+        record["teacher_flops"] = inference_flops(teacher, input_shape)
+        line += (f"; the frozen teacher's forward adds {record['teacher_flops']:.3g} per "
+                 "training image")
+    return record, line

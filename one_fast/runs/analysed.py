@@ -1,6 +1,6 @@
 """A trained run brought back for analysis: its network, test data and own test error.
 
-The run is read by :func:`one_fast.engine.runs.load_run` (the one way a run folder is read);
+The run is read by :func:`one_fast.runs.loading.load_run` (the one way a run folder is read);
 its test split is then batched exactly as the trainer evaluated it (same batch size,
 normalisation, precision), so an unperturbed network reproduces the run's own test accuracy.
 """
@@ -17,8 +17,8 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.device import DeviceLoader, loaders_for
 from ..engine.metrics import read_metrics
-from ..engine.model_setup import autocast_dtype
-from ..engine.runs import load_run
+from .assembly import autocast_dtype
+from .loading import load_run
 
 
 @dataclass

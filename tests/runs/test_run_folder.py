@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from one_fast.engine import run_folder
-from one_fast.engine.run_folder import RunFolderError, prepare_run_folder
+from one_fast.runs import folder as run_folder
+from one_fast.runs.folder import RunFolderError, prepare_run_folder
 
 
 def make_run(folder, epoch=3, epochs=12):

@@ -1,0 +1,1 @@
+"""The command layer's shared pieces: the trainer's flags, generated from the config's schema."""

@@ -1,0 +1,28 @@
+"""The training configuration: the schema (fields carrying help, group and range), the presets,
+the checks, and the resolution of given flags into a config.
+
+Layering: this package imports ``methods`` and ``models`` (for the choices it validates) and is
+imported by run assembly and the commands; the engine never reads it.
+"""
+
+from .checks import validate_config, validate_model_fields
+from .from_flags import apply_method_requirements, config_from_flags, run_dir_of, scale_schedule
+from .presets import PRESETS
+from .schema import (
+    ARCH_OPTION_FIELDS,
+    GROUPS,
+    INVOCATION_FIELDS,
+    MODEL_FIELDS,
+    Range,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    flag_name,
+    option,
+    show_value,
+)
+
+__all__ = ["ARCH_OPTION_FIELDS", "GROUPS", "INVOCATION_FIELDS", "MODEL_FIELDS", "PRESETS",
+           "Range", "TrainConfig", "apply_method_requirements", "config_from_dict",
+           "config_from_flags", "config_to_dict", "flag_name", "option", "run_dir_of",
+           "scale_schedule", "show_value", "validate_config", "validate_model_fields"]

@@ -1,0 +1,16 @@
+"""Run assembly: from a config to a network, method and loaders; the training run; run folders;
+reading a finished (or interrupted) run back.
+
+* :mod:`.assembly` -- config -> network, method, dataset, precision, kd teacher, costs;
+* :mod:`.trainer` -- :func:`run`, one training run into one folder;
+* :mod:`.runtime` -- the config's "auto" choices resolved for this machine;
+* :mod:`.resume` -- a resumed run's config;
+* :mod:`.folder` -- one run per folder: refuse to mix runs, replace atomically;
+* :mod:`.loading` -- :func:`load_run`, the one way a run folder is read (evaluate, export,
+  predict, analyze); :mod:`.analysed` adds the test loader the analyses need.
+"""
+
+from .analysed import AnalysedRun, load_analysed_run
+from .loading import LoadedRun, load_run
+
+__all__ = ["AnalysedRun", "LoadedRun", "load_analysed_run", "load_run"]

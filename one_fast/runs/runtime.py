@@ -1,0 +1,114 @@
+"""The config's "auto" choices resolved for this machine: device, compile, CUDA graphs, precision,
+memory format, the loss backend ``--fused`` runs on, and the optimizer that fits them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..engine import distributed
+from ..loss import FUSED_MAX_TEMPERATURE, available_backends, native
+from ..methods import DEFAULT_TEMPERATURE
+from .assembly import autocast_dtype
+
+NATIVE_BUILD_HINT = ("build it with `pip install --no-build-isolation -e .` (torch installed "
+                     "first, and a C++ compiler)")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The config's "auto" choices resolved for this machine."""
+
+    device: torch.device
+    compile: bool
+    cuda_graphs: bool
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    loss_backend: str
+    note: str  # one line saying what --fused resolved to, when it had to fall back
+
+
+def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
+    """Turn the config's defaults ("on for CUDA") into concrete choices; clear errors."""
+    cuda = dist.device.type == "cuda"
+    amp_dtype = autocast_dtype(config, dist.device)
+    graphs = config.cuda_graphs
+    if graphs is None:
+        graphs = cuda and not dist.distributed
+    if graphs and not cuda:
+        raise ValueError("--cuda-graphs needs a CUDA device (this run is on the CPU)")
+    if graphs and dist.distributed:
+        raise ValueError("--cuda-graphs is not supported together with DDP; use --no-cuda-graphs")
+    if config.sync_bn and not cuda:
+        raise ValueError("--sync-bn needs CUDA devices (NCCL)")
+    backend, note = ("reference", "")
+    if config.fused and config.method != "one":
+        note = (f"--fused: the fused kernels compute the ONE loss; --method {config.method} "
+                "uses its reference PyTorch loss")
+    elif config.fused:
+        backend, note = _fused_backend(config, dist.device)
+    return Runtime(
+        device=dist.device,
+        compile=config.compile if config.compile is not None else cuda,
+        cuda_graphs=graphs,
+        amp_dtype=amp_dtype,
+        channels_last=config.channels_last if config.channels_last is not None else cuda,
+        loss_backend=backend,
+        note=note,
+    )
+
+
+def native_unavailable_reason() -> str:
+    """Why the native kernel cannot run on the CPU here, and how to get it."""
+    err = native.LOAD_ERROR
+    if isinstance(err, ModuleNotFoundError) or err is None:
+        return ("the native extension one_fast._native was not built (pip builds in an "
+                "isolated environment without torch unless given --no-build-isolation); "
+                + NATIVE_BUILD_HINT)
+    return f"the native extension does not load ({err}); re" + NATIVE_BUILD_HINT[1:]
+
+
+def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """The fused backend --fused runs on ``device``, and a note when it is not the CUDA kernel."""
+    m = config.num_branches
+    temperature = DEFAULT_TEMPERATURE["one"] if config.temperature is None else config.temperature
+    if temperature > FUSED_MAX_TEMPERATURE:
+        return "reference", (f"--fused: the fused kernels are not accurate in float32 at "
+                             f"--temperature above {FUSED_MAX_TEMPERATURE:g}; using the "
+                             "reference loss (cancellation-free KL)")
+    fused = [name for name in available_backends(device) if name != "reference"]
+    fits = [name for name in fused if name != "native" or m <= native.MAX_BRANCHES]
+    too_many = (f"the native kernel takes at most {native.MAX_BRANCHES} branches, "
+                f"--num-branches is {m}")
+    if device.type == "cuda":
+        if fits:
+            return fits[0], ""
+        why = too_many if fused else "no fused kernel is available for CUDA here"
+        return "reference", f"--fused: {why}; using the reference PyTorch loss"
+    if "triton" in fits:  # the CPU, with TRITON_INTERPRET=1
+        return "triton", ("--fused: no CUDA device; running the Triton kernel through the "
+                          "interpreter (TRITON_INTERPRET=1)")
+    if "native" in fits:
+        return "native", "--fused: no CUDA device; using the native C++ CPU kernel"
+    why = too_many if "native" in fused else native_unavailable_reason()
+    return "reference", f"--fused: no fused kernel can run here: {why}; using the reference loss"
+
+
+def build_optimizer(config: TrainConfig, rt: Runtime, model: nn.Module,
+                    lr: torch.Tensor) -> torch.optim.SGD:
+    """SGD with the run's settings and the learning rate as a device tensor.
+
+    Eager CUDA steps use the fused single-kernel update; a compiled step traces the foreach one
+    (the compiler fuses it itself), as does the CPU.
+    """
+    fused = rt.device.type == "cuda" and not rt.compile
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay,
+                           **({"fused": True} if fused else {"foreach": True}))
+
+
+__all__ = ["NATIVE_BUILD_HINT", "Runtime", "build_optimizer", "native_unavailable_reason",
+           "resolve_runtime"]
