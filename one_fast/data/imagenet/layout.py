@@ -140,7 +140,7 @@ def find_imagenet(data_dir: str | os.PathLike) -> ImageNetLayout:
     if not root.is_dir():
         raise DatasetNotFoundError(
             f"ImageNet: data directory {root} does not exist; it must hold train/<wnid>/*.JPEG "
-            f"and val/<wnid>/*.JPEG (see the README's ImageNet section)")
+            f"and val/<wnid>/*.JPEG (see docs/imagenet.md)")
     train_classes = _check_split_folder(root, "train")
     val_classes = _check_split_folder(root, "val")
     if train_classes != val_classes:
