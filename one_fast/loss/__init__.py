@@ -4,7 +4,7 @@ Backends, each returning the same per-row terms (:class:`~one_fast.loss.terms.Ro
 
 * ``"reference"`` — plain PyTorch, the specification (any device).
 * ``"triton"`` — one fused Triton kernel for the terms and the gradients
-  (:mod:`one_fast.loss.triton`); CUDA devices, and CPU tensors under Triton's interpreter
+  (:mod:`one_fast.loss.triton_kernel`); CUDA devices, and CPU tensors under Triton's interpreter
   (``TRITON_INTERPRET=1``, for tests). Absent when triton is not installed.
 * ``"native"`` — the same fused operator in C++/CUDA (:mod:`one_fast.loss.native`, sources in
   ``kernels/``): CPU always, CUDA when built with nvcc; runs nowhere when the extension was not
@@ -31,7 +31,7 @@ from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import check_options, validate_gate_values, validate_one_loss_args
 
 if importlib.util.find_spec("triton") is not None:
-    from . import triton as triton_backend
+    from . import triton_kernel as triton_backend
 else:  # triton not installed: the "triton" backend is simply unavailable
     triton_backend = None
 

@@ -38,7 +38,7 @@ from .reference import compute_dtype
 from .terms import reduce_rows
 
 if importlib.util.find_spec("triton") is not None:
-    from . import triton as triton_backend
+    from . import triton_kernel as triton_backend
 else:  # triton not installed: no "triton" kernel
     triton_backend = None
 
