@@ -259,7 +259,7 @@ def _launch_config(n: int, m: int, c: int, float64: bool = False
         rows = max(1, rows)
     tile = rows * m_pad * block_c
     num_warps = 4 if tile < 1024 else 16 if tile >= 4096 and m_pad >= 8 else 8
-    if float64:  # 16 warps cap a thread at 128 registers: float64 spilled 160-216 B (sm_90)
+    if float64:  # 16 warps cap a thread at 128 registers, too few for float64 state (it spills)
         num_warps = min(num_warps, 8)
     return m_pad, rows, block_c, num_warps
 
