@@ -43,7 +43,7 @@ FusedOp = Callable[..., tuple[torch.Tensor, ...]]
 # BENCHMARKS.md). The reference computes the KL cancellation-free at high temperatures
 # (reference.softened_kl), so "auto" picks it above this temperature.
 FUSED_MAX_TEMPERATURE = 100.0
-FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _NATIVE_BUILD = ("`pip install --no-build-isolation -e .` (torch installed first, and a C++ "
                  "compiler)")
 
@@ -134,15 +134,18 @@ def _reference_missing(device: torch.device) -> None:
 
 # In the order "auto" tries them (see the module docstring).
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
-    Backend("triton", triton_kernel.row_terms if TRITON_INSTALLED else None,
-            triton_kernel.op if TRITON_INSTALLED else None, ("cuda", "cpu"), FUSED_DTYPES,
-            _triton_missing, max_temperature=FUSED_MAX_TEMPERATURE,
+    Backend(name="triton",
+            row_terms=triton_kernel.row_terms if TRITON_INSTALLED else None,
+            fused_op=triton_kernel.op if TRITON_INSTALLED else None,
+            device_types=("cuda", "cpu"), dtypes=_FUSED_DTYPES, missing=_triton_missing,
+            max_temperature=FUSED_MAX_TEMPERATURE,
             auto_device_types=("cuda",)),  # the interpreter runs on the CPU, far too slowly
-    Backend("native", native.row_terms if native.BUILT else None, native.op, ("cpu", "cuda"),
-            FUSED_DTYPES, _native_missing, max_branches=native.MAX_BRANCHES,
-            max_temperature=FUSED_MAX_TEMPERATURE),
-    Backend("reference", reference.row_terms, reference_fused.op, None, None,
-            _reference_missing),
+    Backend(name="native",
+            row_terms=native.row_terms if native.BUILT else None, fused_op=native.op,
+            device_types=("cpu", "cuda"), dtypes=_FUSED_DTYPES, missing=_native_missing,
+            max_branches=native.MAX_BRANCHES, max_temperature=FUSED_MAX_TEMPERATURE),
+    Backend(name="reference", row_terms=reference.row_terms, fused_op=reference_fused.op,
+            device_types=None, dtypes=None, missing=_reference_missing),
 )}
 
 
