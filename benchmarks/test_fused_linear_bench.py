@@ -13,7 +13,7 @@ Each case: (1) validation on the first ``VALIDATE_ROWS`` rows against the float3
 loss and of each gradient; (2) peak memory above the inputs -- CPU: a fresh subprocess's peak
 RSS (VmHWM); CUDA: ``torch.cuda.max_memory_allocated``; (3) the time (benchmarks/harness.py).
 
-The GPU target (issue 14) at the ``vocab`` shape: ``fused-linear`` peaks at least 4x lower than
+The GPU target at the ``vocab`` shape: ``fused-linear`` peaks at least 4x lower than
 ``linear+fused`` and takes at most 1.2x its time. Reported, not asserted (compare the two cases'
 ``peak_extra_mib`` and ``median_ms``); a case that runs out of device memory is skipped with
 that reason (the materialised paths may, on an 80 GB H100).

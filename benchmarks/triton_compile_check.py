@@ -4,10 +4,10 @@ Triton's interpreter (what the CPU tests run) never meets the real compiler, so 
 what only that compiler sees: unsupported operations, type errors in compiled mode, register
 spills, shared memory overflow. Triton compiles without a GPU when asked to: this check makes a
 stand-in driver the active one (it reports ``GPUTarget("cuda", ARCH, 32)`` and launches
-nothing), runs the project's own launcher (:func:`one_fast.loss.triton.impl`) on CPU tensors of
-the real shapes with the launch replaced by ``JITFunction.warmup`` (compile, never launch), and
-reads each cubin's registers and stack (spill) bytes with the ``cuobjdump -res-usage`` that ships
-inside the triton wheel.
+nothing), runs the project's own launcher (:func:`one_fast.loss.triton_kernel.impl`) on CPU
+tensors of the real shapes with the launch replaced by ``JITFunction.warmup`` (compile, never
+launch), and reads each cubin's registers and stack (spill) bytes with the ``cuobjdump
+-res-usage`` that ships inside the triton wheel.
 
 Configurations: the benchmark shapes (128, 3, 100), (256, 5, 1000), (4096, 4, 32768) and
 (64, 8, 262144) in float32 and bfloat16, with and without gradients, for both
@@ -170,7 +170,7 @@ def compile_config(config: Config, arch: int, tool: Path) -> Compiled:
     import torch
     import triton
 
-    from one_fast.loss import triton as triton_loss
+    from one_fast.loss import triton_kernel as triton_loss
 
     logits, gate, target = make_inputs(config)
     proxy = WarmupInsteadOfLaunch(triton_loss._one_loss_kernel)

@@ -8,8 +8,9 @@ the max's own term left out of the normaliser's sum::
     lse(z) = max + log1p(rest),   rest = sum_{c != argmax} exp(z_c - max)
 
 so ``log p_y`` of a confident row is ``-log1p(rest)`` to a few ulps of ``rest``, and the
-backward writes the true-class entry as ``expm1(log p_y)`` = -(1 - p_y) (DESIGN.md's rule for new
-losses), while every other entry is p_c = exp(log p_c), accurate on its own.
+backward writes the true-class entry as ``expm1(log p_y)`` = -(1 - p_y) (the form every new
+loss's true-class term should take), while every other entry is p_c = exp(log p_c), accurate on
+its own.
 """
 
 from __future__ import annotations

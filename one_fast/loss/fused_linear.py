@@ -14,17 +14,12 @@ import math
 import torch
 from torch import nn
 
-from . import native, reference
+from .backends import resolve_backend
 from .fused_linear_chunks import auto_chunk_rows
-from .fused_linear_op import forward_op, triton_backend
+from .fused_linear_op import forward_op
 from .fused_op import kl_weight_tensor
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
-
-# The dispatcher's row-terms function -> the name of the per-chunk kernel (fused_linear_op).
-_KERNEL_NAMES = {reference.row_terms: "reference", native.row_terms: "native"}
-if triton_backend is not None:
-    _KERNEL_NAMES[triton_backend.row_terms] = "triton"
 
 
 def _validate_linear(hidden, weight, bias, chunk_size) -> None:
@@ -113,8 +108,6 @@ def fused_linear_one_loss(
     accumulators for the weight and bias gradients; with ``reduction="none"`` backward runs the
     chunks a second time (the per-row upstream gradient is known only then).
     """
-    from . import resolve_backend  # the package __init__ imports this module
-
     hidden, weight, bias = _autocast(hidden, weight, bias)
     _validate_linear(hidden, weight, bias, chunk_size)
     m, v, _ = weight.shape
@@ -123,7 +116,8 @@ def fused_linear_one_loss(
     logits_like = torch.empty((), dtype=weight.dtype, device=hidden.device).expand(n, m, v)
     validate_one_loss_args(logits_like, gate, target, temperature, kl_weight, ignore_index,
                            reduction)
-    kernel = _KERNEL_NAMES[resolve_backend(backend, hidden.device, m)]
+    kernel = resolve_backend(backend, hidden.device, m, float(temperature),
+                             (weight.dtype, gate.dtype)).name
     rows = chunk_size if chunk_size is not None else auto_chunk_rows(n, m, v, weight.dtype)
     grad = torch.is_grad_enabled()
     needs = [grad and hidden.requires_grad, grad and weight.requires_grad,

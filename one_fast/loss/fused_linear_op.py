@@ -17,8 +17,10 @@ without keeping dz (N x m x V): so the forward computes the terms only, and back
 (``one_fast::fused_linear_one_loss_backward``) runs the chunks again with dz scaled by g --
 exact, at the price of the logits GEMM and the kernel's first pass once more.
 
-The per-chunk kernel is a fused ONE backend ("native", "triton") or the reference spec
-differentiated with ``torch.func.vjp`` (it runs where nothing else does). Gradient outputs are in
+The per-chunk kernel is the ``fused_op`` of the backend named by ``backend``
+(:data:`one_fast.loss.backends.BACKENDS`): a fused ONE kernel ("native", "triton") or the
+reference spec differentiated with ``torch.func.vjp`` (:mod:`one_fast.loss.reference_fused`,
+which runs where nothing else does). Gradient outputs are in
 the accumulation dtype (float32; float64 for float64 inputs): bf16/fp16 GEMMs write float32 on
 CUDA where torch has float32-output GEMMs (torch >= 2.8), else each chunk's product is rounded
 once to the input dtype before the float32 accumulation. The loop reads shapes only: no host
@@ -28,19 +30,13 @@ synchronisation, so the operators can be captured in a CUDA graph.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 
 import torch
 
-from . import native, reference
+from .backends import BACKENDS
 from .reference import compute_dtype
 from .terms import reduce_rows
-
-if importlib.util.find_spec("triton") is not None:
-    from . import triton as triton_backend
-else:  # triton not installed: no "triton" kernel
-    triton_backend = None
 
 FORWARD = "one_fast::fused_linear_one_loss"
 BACKWARD = "one_fast::fused_linear_one_loss_backward"
@@ -52,42 +48,6 @@ FORWARD_SCHEMA = (f"({_INPUTS}, {_OPTIONS}, str reduction, {_CHUNKING}) -> "
                   "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 BACKWARD_SCHEMA = (f"({_INPUTS}, Tensor grad_rows, {_OPTIONS}, {_CHUNKING}) -> "
                    "(Tensor, Tensor, Tensor, Tensor)")
-
-
-def reference_kernel(logits, gate, target, kl_weight, temperature, detach_teacher,
-                     ignore_index, compute_grad):
-    """The reference spec under the fused-op contract (:mod:`one_fast.loss.fused_op`).
-
-    Per-row gradients come from ``torch.func.vjp`` with a cotangent of ones: rows are
-    independent, so d(sum_n loss_n)/d logits[n] = d loss_n / d logits[n]. (``torch.func`` works
-    inside a custom operator, where the autograd dispatch keys are already excluded.)
-    """
-    acc = compute_dtype(logits.dtype)
-    klw = kl_weight.to(acc).reshape(())  # 0-d: keeps the loss in the accumulation dtype
-
-    def loss_rows(z, g):
-        rows = reference.row_terms(z, g, target, temperature, klw, detach_teacher, ignore_index)
-        return rows.loss, rows
-
-    if not compute_grad:
-        rows = loss_rows(logits, gate)[1]
-        empty = logits.new_empty((0,))
-        return rows.loss, rows.ce_branch, rows.ce_ensemble, rows.kl, empty, empty.to(acc)
-    loss, vjp, rows = torch.func.vjp(loss_rows, logits, gate, has_aux=True)
-    d_logits, d_gate = vjp(torch.ones_like(loss))
-    return loss, rows.ce_branch, rows.ce_ensemble, rows.kl, d_logits, d_gate.to(acc)
-
-
-def _kernels() -> dict:
-    kernels = {"reference": reference_kernel}
-    if native.BUILT:
-        kernels["native"] = native.op
-    if triton_backend is not None:
-        kernels["triton"] = triton_backend.op
-    return kernels
-
-
-KERNELS = _kernels()
 
 
 # Set to False (with a warning) if a float32-output GEMM is ever refused at run time.
@@ -206,7 +166,7 @@ def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, deta
     """
     n, m = gate.shape
     acc = compute_dtype(weight.dtype)
-    kernel = KERNELS[backend]
+    kernel = BACKENDS[backend].fused_op
     weight = weight.contiguous()  # one copy at most, not one per chunk
     bias = None if bias is None else bias.contiguous()
 

@@ -7,27 +7,13 @@ one when built with nvcc against a CUDA torch. This module attaches the shared f
 implementation and autograd formula, and exposes :func:`row_terms` for the loss dispatcher.
 
 Without the extension (no compiler at install time, or torch not importable while building) the
-module still imports: :data:`BUILT` is False, :func:`runs_on` is False everywhere and
-:data:`LOAD_ERROR` says why.
+module still imports: :data:`BUILT` is False and :data:`LOAD_ERROR` says why; the backend registry
+(:mod:`one_fast.loss.backends`) turns that into the message that says how to build it.
 
 Limits: at most :data:`MAX_BRANCHES` branches (per-branch state lives in registers); the
-dispatcher refuses wider inputs for ``backend="native"`` and "auto" picks another backend.
-
-Speed on the CPU (why ``backend="auto"`` prefers this backend to the reference there): one
-``one_loss(..., reduction="mean")`` forward + ``backward()``, float32, torch 2.13 CPU, on the
-development machine (a shared 2-core AVX-512 VM, so wall times are noisy; the 1-thread column is
-thread CPU time, which is not). Min of 3 x 7 rounds of 20 calls, measured 2026-11-28:
-
-=================  =========================  =========================
-shape (N, m, C)    2 threads, wall            1 thread, CPU time
-                   reference    native        reference    native
-=================  =========================  =========================
-128, 3, 100        0.97 ms      0.43 ms       0.90 ms      0.47 ms
-256, 5, 1000       8.2 ms       4.7 ms        14.1 ms      6.8 ms
-=================  =========================  =========================
-
-On CUDA, "auto" tries the Triton kernel first; the order between the two was not measured (no
-GPU was available when this backend was written) -- see ``benchmarks/`` for GPU timings.
+registry refuses wider inputs for ``backend="native"`` and "auto" picks another backend.
+"auto" prefers this backend to the reference on the CPU because it is faster there (timings in
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -67,12 +53,6 @@ if BUILT:
 else:
     op = None
     _op_row_terms = None
-
-
-def runs_on(device: torch.device) -> bool:
-    """Whether the built extension has kernels for ``device``'s type."""
-    device = torch.device(device)
-    return (device.type == "cpu" and HAS_CPU) or (device.type == "cuda" and HAS_CUDA)
 
 
 def row_terms(logits, gate, target, temperature, kl_weight, detach_teacher,

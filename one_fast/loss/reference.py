@@ -30,8 +30,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # truncation error of ~delta^6 / 5040 relative (in phi's derivative): 2e-10 at 0.1, far below
 # float32's eps, and 3e-18 at 0.005 for float64 (where the direct form's 2 eps / |delta| is 4e-14).
 _SERIES_BELOW = {torch.float32: 0.1, torch.float64: 0.005}
-# Up to this temperature the textbook KL is as accurate as float32 allows (measured relative
-# error <= 6e-7 at T = 10; 4e-5 at T = 100) and it is what the fused kernels compute, so the
+# Up to this temperature the textbook KL is as accurate as float32 allows (its cancellation error
+# grows with T: figures in BENCHMARKS.md) and it is what the fused kernels compute, so the
 # reference uses it there; above, the cancellation-free form (softened_kl).
 TEXTBOOK_UP_TO_TEMPERATURE = 10.0
 

@@ -29,8 +29,7 @@ import one_fast.loss as loss_pkg
 from one_fast import ONELossTerms, available_backends, one_loss
 from tests.loss.helpers import CPU, IGNORE, RTOL, assert_close, make_inputs
 
-FUSED = [b for b in ("triton", "native")
-         if b in loss_pkg._BACKENDS and loss_pkg._BACKENDS[b][1](CPU)]
+FUSED = [b for b in ("triton", "native") if loss_pkg.unavailable_reason(b, CPU) is None]
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -48,8 +47,12 @@ def require(backend, device):
         pytest.skip(f"{backend} backend not available on {device.type}")
 
 
+# The module of each fused backend (where its test hooks live).
+BACKEND_MODULES = {"triton": "one_fast.loss.triton_kernel", "native": "one_fast.loss.native"}
+
+
 def backend_module(backend):
-    return importlib.import_module(f"one_fast.loss.{backend}")
+    return importlib.import_module(BACKEND_MODULES[backend])
 
 
 def force_block(monkeypatch, backend, block_c):
@@ -325,7 +328,7 @@ def test_out_of_range_target_gives_nan_row(backend):
     """What validation lets through while compiling (it cannot read values) is NaN, not 0."""
     logits, gate, target = make_inputs(5, 2, 10, ignore="none")
     target[1], target[3] = 10, -3
-    row_terms = loss_pkg._BACKENDS[backend][0]  # bypasses validation, as a compiled step does
+    row_terms = loss_pkg.BACKENDS[backend].row_terms  # no validation, as in a compiled step
     rows = row_terms(logits, gate, target, 3.0, 1.0, False, IGNORE)
     bad, ok = torch.tensor([1, 3]), torch.tensor([0, 2, 4])
     assert torch.isnan(rows.loss[bad]).all() and torch.isfinite(rows.loss[ok]).all()
@@ -423,19 +426,20 @@ def test_compiles_without_graph_breaks(backend, compiler):
 
 # ---- backend selection ----------------------------------------------------------------------
 
-@pytest.mark.skipif("triton" not in loss_pkg._BACKENDS, reason="triton is not installed")
+@pytest.mark.skipif(not loss_pkg.backends.TRITON_INSTALLED, reason="triton is not installed")
 def test_auto_picks_triton_on_cuda_only():
     assert available_backends("cuda")[0] == "triton"
     assert available_backends("cpu")[0] != "triton"  # even under the interpreter
     assert ("triton" in available_backends("cpu")) == (os.environ.get("TRITON_INTERPRET") == "1")
-    assert loss_pkg.resolve_backend("auto", CPU) is not loss_pkg._BACKENDS["triton"][0]
+    assert loss_pkg.resolve_backend("auto", CPU).name != "triton"
 
 
 def test_import_without_triton():
     """one_fast imports when triton is missing; the backend is then simply not offered."""
     code = ("import sys; sys.modules['triton'] = None\n"
             "import one_fast, one_fast.loss as L\n"
-            "assert 'triton' not in L._BACKENDS and 'reference' in L._BACKENDS\n"
+            "assert 'triton' not in L.available_backends('cuda') and 'reference' in L.BACKENDS\n"
+            "assert 'triton is not installed' in L.unavailable_reason('triton', 'cuda')\n"
             "assert one_fast.available_backends('cuda')[0] != 'triton'\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from one_fast import FusedLinearONELoss, ONELoss, ONELossTerms, fused_linear_one_loss, one_loss
-from one_fast.loss import available_backends, fused_linear_op
+from one_fast.loss import available_backends, backends, fused_linear_op
 from one_fast.loss.fused_linear_chunks import (
     MAX_CHUNK_BYTES,
     MIN_CHUNK_BYTES,
@@ -148,7 +148,7 @@ def test_only_requested_gradients_are_computed():
         assert not fused_linear_one_loss(hidden, weight, gate, target).requires_grad
 
 
-@pytest.mark.skipif(fused_linear_op.triton_backend is None, reason="triton is not installed")
+@pytest.mark.skipif(not backends.TRITON_INSTALLED, reason="triton is not installed")
 def test_triton_kernel_under_interpreter():
     """backend="triton" (Triton's CPU interpreter here; the CUDA default) in the chunk loop."""
     if "triton" not in available_backends(CPU):

@@ -105,7 +105,7 @@ def test_float32_kl_is_accurate_at_high_temperature(temperature, detach):
 def test_fused_backends_are_refused_above_their_trusted_temperature():
     t = FUSED_MAX_TEMPERATURE * 10
     cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu, 3, t) is reference_backend.row_terms
+    assert resolve_backend("auto", cpu, 3, t).row_terms is reference_backend.row_terms
     for name in available_backends(cpu):
         if name != "reference":
             with pytest.raises(ValueError, match="not accurate in float32 at temperature"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-triton_loss = pytest.importorskip("one_fast.loss.triton")
+triton_loss = pytest.importorskip("one_fast.loss.triton_kernel")
 
 BENCHMARK_SHAPES = [(128, 3, 100), (256, 5, 1000), (4096, 4, 32768), (64, 8, 262144)]
 

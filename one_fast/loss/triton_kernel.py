@@ -54,8 +54,9 @@ import triton.language as tl
 from .fused_op import define_python_op, row_terms_from_op
 from .reference import compute_dtype
 
-# Block sizes. Chosen from ptxas -v for sm_90 (Triton 3.9) over m = 1..8 and C = 2..262,144:
-# 40 to 170 registers per thread, spills of at most 20 bytes. Not yet timed on a GPU.
+# Block sizes, chosen so that the compiled kernel keeps its state in registers (few spills) over
+# m = 1..8 and C up to 262,144: `python -m benchmarks.triton_compile_check` reports registers and
+# spills per configuration (latest figures in BENCHMARKS.md).
 # Elements of one [1, M_PAD, BLOCK_C] tile when C is looped over (one row per program).
 TILE_ELEMS = 4096
 # Elements of one [ROWS, M_PAD, BLOCK_C] tile when rows are packed: smaller, because the per-row
@@ -258,7 +259,7 @@ def _launch_config(n: int, m: int, c: int, float64: bool = False
         rows = max(1, rows)
     tile = rows * m_pad * block_c
     num_warps = 4 if tile < 1024 else 16 if tile >= 4096 and m_pad >= 8 else 8
-    if float64:  # 16 warps cap a thread at 128 registers: float64 spilled 160-216 B (sm_90)
+    if float64:  # 16 warps cap a thread at 128 registers, too few for float64 state (it spills)
         num_warps = min(num_warps, 8)
     return m_pad, rows, block_c, num_warps
 
@@ -301,13 +302,6 @@ def impl(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_in
     else:
         launch(*args, **meta)
     return loss, ce, ce_e, kl, grad, grad_gate
-
-
-def runs_on(device: torch.device) -> bool:
-    """CUDA devices; the CPU too when the kernel was built for Triton's interpreter."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and INTERPRETED and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 op = define_python_op("one_fast::triton_one_loss", impl)
