@@ -18,6 +18,7 @@ from one_fast.cli.train_flags import config_from_args
 from one_fast.config import TrainConfig
 from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from one_fast.engine.step import NonFiniteLossError
+from one_fast.loss import backends
 from one_fast.runs import runtime, trainer
 
 from .full_disk import fill_disk_after
@@ -359,7 +360,8 @@ def test_fused_names_the_flags_when_it_cannot_run(monkeypatch):
     hot = dataclasses.replace(config_from_args([]), fused=True, temperature=1000.0)
     assert train.resolve_runtime(hot, cpu).loss_backend == "reference"
     # Not built (e.g. pip's build isolation hid torch from setup.py): say why and how.
-    monkeypatch.setattr(runtime.native, "LOAD_ERROR", ModuleNotFoundError("one_fast._native"))
+    not_built = backends._native_load_reason(ModuleNotFoundError("one_fast._native"))
+    monkeypatch.setattr(backends, "_NATIVE_LOAD_REASON", not_built)
     monkeypatch.setattr(runtime, "available_backends", lambda device: ["reference"])
     note = train.resolve_runtime(dataclasses.replace(wide, num_branches=3), cpu).note
     assert "was not built" in note and "pip install --no-build-isolation -e ." in note

@@ -103,19 +103,18 @@ def _triton_missing(device: torch.device) -> str | None:
     return None
 
 
-def _native_load_reason() -> str | None:
-    """Why the native extension did not load, decided once (the import was tried once)."""
-    if native.LOAD_ERROR is None:
+def _native_load_reason(error: Exception | None) -> str | None:
+    """Why the native extension did not load (``error``: the import's), or None if it did."""
+    if error is None:
         return None
-    if isinstance(native.LOAD_ERROR, ModuleNotFoundError):
+    if isinstance(error, ModuleNotFoundError):
         return ("the native extension one_fast._native was not built (pip builds in an isolated "
                 f"environment without torch unless given --no-build-isolation); build it with "
                 f"{_NATIVE_BUILD}")
-    return (f"the native extension does not load ({native.LOAD_ERROR}); rebuild it with "
-            f"{_NATIVE_BUILD}")
+    return (f"the native extension does not load ({error}); rebuild it with {_NATIVE_BUILD}")
 
 
-_NATIVE_LOAD_REASON = _native_load_reason()
+_NATIVE_LOAD_REASON = _native_load_reason(native.LOAD_ERROR)  # the import was tried once
 
 
 def _native_missing(device: torch.device) -> str | None:

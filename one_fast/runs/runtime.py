@@ -10,12 +10,9 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..engine import distributed
-from ..loss import FUSED_MAX_TEMPERATURE, available_backends, native
+from ..loss import BACKENDS, FUSED_MAX_TEMPERATURE, available_backends, unavailable_reason
 from ..methods import DEFAULT_TEMPERATURE
 from .assembly import autocast_dtype
-
-NATIVE_BUILD_HINT = ("build it with `pip install --no-build-isolation -e .` (torch installed "
-                     "first, and a C++ compiler)")
 
 
 @dataclass(frozen=True)
@@ -61,16 +58,6 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
     )
 
 
-def native_unavailable_reason() -> str:
-    """Why the native kernel cannot run on the CPU here, and how to get it."""
-    err = native.LOAD_ERROR
-    if isinstance(err, ModuleNotFoundError) or err is None:
-        return ("the native extension one_fast._native was not built (pip builds in an "
-                "isolated environment without torch unless given --no-build-isolation); "
-                + NATIVE_BUILD_HINT)
-    return f"the native extension does not load ({err}); re" + NATIVE_BUILD_HINT[1:]
-
-
 def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]:
     """The fused backend --fused runs on ``device``, and a note when it is not the CUDA kernel."""
     m = config.num_branches
@@ -80,8 +67,8 @@ def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]
                              f"--temperature above {FUSED_MAX_TEMPERATURE:g}; using the "
                              "reference loss (cancellation-free KL)")
     fused = [name for name in available_backends(device) if name != "reference"]
-    fits = [name for name in fused if name != "native" or m <= native.MAX_BRANCHES]
-    too_many = (f"the native kernel takes at most {native.MAX_BRANCHES} branches, "
+    fits = [name for name in fused if m <= (BACKENDS[name].max_branches or m)]
+    too_many = (f"the native kernel takes at most {BACKENDS['native'].max_branches} branches, "
                 f"--num-branches is {m}")
     if device.type == "cuda":
         if fits:
@@ -93,7 +80,7 @@ def _fused_backend(config: TrainConfig, device: torch.device) -> tuple[str, str]
                           "interpreter (TRITON_INTERPRET=1)")
     if "native" in fits:
         return "native", "--fused: no CUDA device; using the native C++ CPU kernel"
-    why = too_many if "native" in fused else native_unavailable_reason()
+    why = too_many if "native" in fused else unavailable_reason("native", device)
     return "reference", f"--fused: no fused kernel can run here: {why}; using the reference loss"
 
 
@@ -110,5 +97,4 @@ def build_optimizer(config: TrainConfig, rt: Runtime, model: nn.Module,
                            **({"fused": True} if fused else {"foreach": True}))
 
 
-__all__ = ["NATIVE_BUILD_HINT", "Runtime", "build_optimizer", "native_unavailable_reason",
-           "resolve_runtime"]
+__all__ = ["Runtime", "build_optimizer", "resolve_runtime"]
