@@ -32,7 +32,8 @@ from one_fast.cli.train_flags import config_from_args
 from one_fast.data import load_synthetic, loaders_for
 from one_fast.engine.distributed import DistInfo
 from one_fast.engine.step import WARMUP_STEPS, TrainStep
-from one_fast.runs import assembly, runtime, trainer
+from one_fast.runs import assembly, trainer
+from one_fast.runs.runtime import build_optimizer, resolve_runtime
 
 from .environment import DEVICE, LABEL, is_cuda
 from .harness import measure
@@ -95,7 +96,7 @@ def config_for(variant: Variant):
         base, depth=DEPTH, batch_size=BATCH, device=str(DEVICE), fused=variant.fused,
         compile=variant.compile, cuda_graphs=variant.cuda_graphs,
         amp="bf16" if variant.bf16 else "none", channels_last=variant.channels_last)
-    return config, runtime.resolve_runtime(config, DistInfo(0, 1, DEVICE))
+    return config, resolve_runtime(config, DistInfo(0, 1, DEVICE))
 
 
 def build_step(variant: Variant, config, runtime) -> TrainStep:
@@ -105,7 +106,7 @@ def build_step(variant: Variant, config, runtime) -> TrainStep:
     model = assembly.build_model(config, NUM_CLASSES).to(DEVICE, memory_format=memory_format)
     model.batched = variant.batched
     lr = torch.tensor(config.lr, device=DEVICE)
-    optimizer = runtime.build_optimizer(config, runtime, model, lr)
+    optimizer = build_optimizer(config, runtime, model, lr)
     if runtime.compile:
         torch._dynamo.reset()  # each compiled variant starts from a clean cache
     step = TrainStep(model, optimizer, trainer.make_method(config, runtime.loss_backend), lr,
