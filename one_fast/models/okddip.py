@@ -23,9 +23,10 @@ class OKDDipResNet(ONEResNet):
     """OKDDip's CIFAR ResNet (``create_model("resnet", layout="okddip")``).
 
     ``forward(x)`` gives ``(logits (N, m, K), gate (N, m) = 1/m)`` like every one_fast network
-    (evaluation, export and costs read those); :meth:`forward_with_targets` adds the peers'
-    attention-weighted targets (N, m-1, K) that the OKDDip loss needs (the training step calls
-    it through :class:`~one_fast.methods.okddip.WithPeerTargets`).
+    (evaluation, export and costs read those); with ``return_targets = True`` (set for
+    training by ``OKDDipMethod.prepare_training``) it gives :meth:`forward_with_targets`'
+    ``(logits, gate, peer_targets (N, m-1, K))``, the attention-weighted targets the OKDDip
+    loss needs.
 
     The query and key maps exist for m >= 2 (m - 1 >= 1 peers); they belong to no branch, so
     an extracted member (a plain ResNet) leaves them out.
@@ -53,6 +54,12 @@ class OKDDipResNet(ONEResNet):
         if num_branches >= 2:
             self.query = nn.Linear(width, width // ATTENTION_REDUCTION, bias=False)
             self.key = nn.Linear(width, width // ATTENTION_REDUCTION, bias=False)
+        self.return_targets = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.return_targets:
+            return self.forward_with_targets(x)
+        return super().forward(x)
 
     def forward_with_targets(self, x: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from ..config import (
 from ..costs import inference_flops, model_costs
 from ..data import ImageDataset, load_dataset
 from ..engine.checkpoint import load_checkpoint
-from ..methods import Method, StudentWithTeacher, create_method
+from ..methods import METHODS, Method, StudentWithTeacher, create_method
 from ..models import ARCHS, BranchedNetwork, create_model
 
 
@@ -101,7 +101,8 @@ def build_model(config: TrainConfig, num_classes: int,
         common["shared_stages"] = config.shared_stages
     try:
         return create_model(config.arch, num_classes=num_classes, num_branches=m,
-                            **common, **arch_options(config))
+                            layout=METHODS[config.method].layout, **common,
+                            **arch_options(config))
     except ValueError as err:
         given = " ".join(f"{flag_name(k)} {v}" for k, v in
                          {**arch_options(config), **common}.items()
@@ -192,8 +193,7 @@ def run_costs(config: TrainConfig, num_classes: int,
     method = build_method(config)
 
     def loss_fn(logits, gate, y):
-        outputs = (logits, gate) if config.method != "kd" else (logits, gate, logits[:, 0])
-        return method.loss(outputs, y, 1.0).loss
+        return method.loss(method.standin_outputs(logits, gate), y, 1.0).loss
 
     costs = model_costs(lambda m: build_model(config, num_classes, num_branches=m),
                         config.num_branches, input_shape, loss_fn=loss_fn)
