@@ -159,8 +159,10 @@ def load_teacher(config: TrainConfig, num_classes: int,
 
 def training_module(config: TrainConfig, student: nn.Module, num_classes: int,
                     device: torch.device | str) -> nn.Module:
-    """What the training step calls: the student, or for kd the student with its teacher."""
+    """What the training step calls: the student (set up for its method's step, e.g. OKDDip's
+    network also returning the peers' targets), or for kd the student with its teacher."""
     if config.method != "kd":
+        METHODS[config.method].prepare_training(student)
         return student
     teacher, teacher_method, _ = load_teacher(config, num_classes, device)
     output: str | int = config.teacher_output
