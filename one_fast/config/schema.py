@@ -22,8 +22,7 @@ from ..models.factory import ARCHS
 GROUPS = (
     ("data", "data"),
     ("model", "model"),
-    ("method", "method (one, baseline, kd, dml, ensemble, cl_ilr, okddip) and its loss; each "
-               "flag names the methods that read it"),
+    ("method", "method (one, baseline, kd, dml, ensemble, cl_ilr, okddip) and its loss"),
     ("optimisation", "optimisation"),
     ("speed", "speed (defaults: on for CUDA, off on the CPU)"),
     ("output", "output and run folder"),

@@ -1,8 +1,9 @@
 """``python -m one_fast.experiments TABLE [options] [-- extra trainer flags]``.
 
 Trains every configuration x seed of one of the tables (the ONE paper's main, compare,
-ensembles, ablation, branches; okd, winycg/MCL-OKD's comparison) as ordinary ``python -m one_fast.train`` runs, skipping finished runs and
-resuming unfinished ones, and rewrites ``<out-dir>/<TABLE>/TABLE.md`` after every run.
+ensembles, ablation, branches; okd, winycg/MCL-OKD's comparison) as ordinary
+``python -m one_fast.train`` runs, skipping finished runs and resuming unfinished ones, and
+rewrites ``<out-dir>/<TABLE>/TABLE.md`` after every run.
 """
 
 from __future__ import annotations
