@@ -54,6 +54,13 @@ def test_learns_evaluates_and_exports_its_student(tmp_path, capsys, method, m, s
         logits = loaded.model(x)[0]
     exported = export_command.load_exported(out).run(x)
     torch.testing.assert_close(exported, logits[:, student], rtol=1e-5, atol=1e-5)
+    # The ensemble (mean logits) in the format that rebuilds the network from its layout.
+    ens = tmp_path / "ensemble.pt"
+    assert export_command.main([str(run_dir), "--member", "ensemble", "--format", "state_dict",
+                                "--out", str(ens)]) == 0, capsys.readouterr().err
+    assert "output: logits" in capsys.readouterr().out
+    torch.testing.assert_close(export_command.load_exported(ens).run(x), logits.mean(1),
+                               rtol=1e-5, atol=1e-5)
     student_net = export_command.extract_branch(loaded.model, student)
     baseline = build_model(config_from_args(["--depth", "8", "--method", "baseline"]), 10)
     assert n_params(student_net) == n_params(baseline)  # the plain network, nothing more

@@ -53,12 +53,11 @@ def describe(module: PlainNetwork, member: Member, method: Method, inputs: Input
     inputs, parameter count and FLOPs per image (one_fast.costs' convention).
     """
     network = module.network
-    averaged = member == "ensemble" and not method.uses_gate
     flops = inference_flops(network, inputs.image_shape)
     return {
         "member": member,
         "method": method.name,
-        "output": "log_probabilities" if averaged else "logits",
+        "output": method.ensemble_output if member == "ensemble" else "logits",
         "arch": network.arch,
         "arch_options": dict(network.arch_options),
         "num_branches": network.num_branches,

@@ -51,6 +51,8 @@ class Method:
             fully independent members of dml and ensemble.
         layout: how the network arranges its branches (``create_model``'s ``layout``): "one"
             (shared trunk, m parallel branches), or a method's own ("cl_ilr", "okddip").
+        ensemble_output: what :meth:`ensemble_logits` returns: "logits", or
+            "log_probabilities" (the log of averaged probabilities).
     """
 
     name: ClassVar[str]
@@ -61,6 +63,7 @@ class Method:
     min_branches: ClassVar[int] = 1
     required_model: ClassVar[Mapping[str, object]] = MappingProxyType({})
     layout: ClassVar[str] = "one"
+    ensemble_output: ClassVar[str] = "logits"
 
     def loss(self, outputs: Outputs, target: torch.Tensor,
              kl_weight: float | torch.Tensor) -> MethodLoss:
