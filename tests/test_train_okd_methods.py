@@ -41,9 +41,11 @@ def test_learns_evaluates_and_exports_its_student(tmp_path, capsys, method, m, s
     capsys.readouterr()
 
     run_dir = tmp_path / method
-    assert evaluate_command.main([str(run_dir), "--json"]) == 0, capsys.readouterr().err
-    assert json.loads(capsys.readouterr().out)["accuracy"] == read_metrics(run_dir)[-1][
-        "test_acc"]
+    assert evaluate_command.main([str(run_dir), "--json", "--loss"]) == 0, \
+        capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == read_metrics(run_dir)[-1]["test_acc"]
+    assert set(result["loss_terms"]) == {"loss", "ce_branches", "kl"}
 
     out = tmp_path / "student.pt2"
     assert export_command.main([str(run_dir), "--member", str(student), "--out",
