@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .cross_entropy import cross_entropy_rows
+from .dml import validate_dml_loss_args
 from .kd_reference import soft_kl
 from .reference import compute_dtype
 from .terms import reduce_rows
-from .validation import check_floating, check_options, check_target, check_target_values, describe
+from .validation import describe
 
 # The weight of each branch's cross-entropy and of its distillation term in that code.
 CE_SHARE = 0.5
@@ -51,24 +52,12 @@ class CLILRLossTerms(NamedTuple):
 
 
 def validate_cl_ilr_loss_args(logits, target, temperature, ignore_index, reduction) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the offending argument.
-
-    ``logits`` (N, m, C) floating with m >= 2 and C >= 1, ``target`` (N,) integer (values
-    checked in eager mode only).
-    """
-    check_floating(logits, "logits", "(N, m, C)")
-    n, m, c = logits.shape
-    if m < 2:
+    """Raise ``ValueError``/``TypeError`` naming the offending argument: ``dml_loss``'s checks
+    (``logits`` (N, m, C), ``target`` (N,) integer, the options) and m >= 2."""
+    validate_dml_loss_args(logits, target, temperature, 1.0, ignore_index, reduction)
+    if logits.shape[1] < 2:
         raise ValueError(f"logits must hold at least two branches (dim 1): each branch learns "
                          f"from the others' mean, got {describe(logits)}")
-    if c < 1:
-        raise ValueError(f"logits must have at least one class (dim 2), got {describe(logits)}")
-    check_target(target, n, "logits")
-    if target.device != logits.device:
-        raise ValueError(f"logits and target must be on one device, got {logits.device} and "
-                         f"{target.device}")
-    check_options(temperature, "kl_weight", 1.0, ignore_index, reduction)
-    check_target_values(target, c, ignore_index)
 
 
 def cl_ilr_loss(

@@ -168,21 +168,12 @@ class CLILRResNet(BranchedNetwork):
             return "pairs"
         return super().tensor_owner(name)
 
-    def branch_state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """Branch i as the ``state_dict`` of the m = 1 tree (the plain ResNet): the trunk, pair
-        i // 2's chunk of stage 2, branch i's chunk of stage 3 and of the classifier."""
-        m = self.num_branches
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < m:
-            raise ValueError(f"branch index must be in 0..{m - 1}, got {i!r}")
-        state = {}
-        for name, tensor in self.state_dict().items():
-            owner = self.tensor_owner(name)
-            if owner != "trunk" and tensor.dim() > 0:
-                copies, index = (self.num_pairs, i // 2) if owner == "pairs" else (m, i)
-                size = tensor.shape[0] // copies
-                tensor = tensor.narrow(0, index * size, size)
-            state[name] = tensor.detach().clone()
-        return state
+    def branch_chunk(self, owner: str, i: int) -> tuple[int, int]:
+        """Branch i reads pair i // 2's chunk of stage 2: :meth:`branch_state_dict` then gives
+        it in the layout of the m = 1 tree (the plain ResNet)."""
+        if owner == "pairs":
+            return self.num_pairs, i // 2
+        return super().branch_chunk(owner, i)
 
 
 __all__ = ["CLILRResNet", "pair_children", "rescale_gradient"]

@@ -212,8 +212,14 @@ class BranchedNetwork(nn.Module):
             owner = self.tensor_owner(name)
             if owner == "gate":
                 continue
-            if owner == "branches" and tensor.dim() > 0:
-                size = tensor.shape[0] // m
-                tensor = tensor.narrow(0, i * size, size)
+            copies, index = self.branch_chunk(owner, i)
+            if copies > 1 and tensor.dim() > 0:
+                size = tensor.shape[0] // copies
+                tensor = tensor.narrow(0, index * size, size)
             state[name] = tensor.detach().clone()
         return state
+
+    def branch_chunk(self, owner: str, i: int) -> tuple[int, int]:
+        """(copies, index): a tensor of ``owner`` stores that many copies along dim 0 and branch
+        i reads copy ``index`` ("branches": m copies, the i-th; shared parts: one copy)."""
+        return (self.num_branches, i) if owner == "branches" else (1, 0)

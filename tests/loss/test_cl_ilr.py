@@ -9,20 +9,9 @@ from torch import nn
 
 from one_fast import cl_ilr_loss, kd_loss
 
+from .mcl_okd_formulas import DistillKL
+
 IGNORE = -100
-
-
-class DistillKL(nn.Module):
-    """The reference code's KD term, as written there."""
-
-    def __init__(self, T):
-        super().__init__()
-        self.T = T
-
-    def forward(self, y_s, y_t):
-        p_s = F.log_softmax(y_s / self.T, dim=1)
-        p_t = F.softmax(y_t / self.T, dim=1)
-        return F.kl_div(p_s, p_t, reduction="batchmean") * (self.T**2)
 
 
 def reference_code_loss(logits_list, target, T):

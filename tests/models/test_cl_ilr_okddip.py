@@ -105,17 +105,25 @@ def _images(n=6, seed=0):
                        dtype=torch.float64)
 
 
+REFERENCES = {"cl_ilr": CLILRResNetReference, "okddip": OKDDipResNetReference}
+
+
+def _with_reference(layout, m, block, depth):
+    """Our network of ``layout`` in float64 train mode, the reference code's with its weights."""
+    torch.manual_seed(m)
+    n = (depth - 2) // (6 if block == "basic" else 9)
+    model = create_model("resnet", num_classes=5, num_branches=m, layout=layout, depth=depth,
+                         block=block).double().train()
+    ref_block = BasicBlock if block == "basic" else Bottleneck
+    reference = REFERENCES[layout](ref_block, [n, n, n], number_net=m,
+                                   num_classes=5).double().train()
+    return model, reference, load_into_reference(model, reference, n)
+
+
 @pytest.mark.parametrize("m", [3, 4])
 @pytest.mark.parametrize("block, depth", [("basic", 14), ("bottleneck", 11)])
 def test_cl_ilr_equals_the_reference_network(m, block, depth):
-    torch.manual_seed(m)
-    n = (depth - 2) // (6 if block == "basic" else 9)
-    model = create_model("resnet", num_classes=5, num_branches=m, layout="cl_ilr", depth=depth,
-                         block=block).double().train()
-    ref_block = BasicBlock if block == "basic" else Bottleneck
-    reference = CLILRResNetReference(ref_block, [n, n, n], number_net=m,
-                                     num_classes=5).double().train()
-    mapping = load_into_reference(model, reference, n)
+    model, reference, mapping = _with_reference("cl_ilr", m, block, depth)
     x = _images()
     weights = torch.randn(6, m, 5, dtype=torch.float64)
     logits, gate = model(x)
@@ -131,14 +139,7 @@ def test_cl_ilr_equals_the_reference_network(m, block, depth):
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("block, depth", [("basic", 14), ("bottleneck", 11)])
 def test_okddip_equals_the_reference_network(m, block, depth):
-    torch.manual_seed(m)
-    n = (depth - 2) // (6 if block == "basic" else 9)
-    model = create_model("resnet", num_classes=5, num_branches=m, layout="okddip", depth=depth,
-                         block=block).double().train()
-    ref_block = BasicBlock if block == "basic" else Bottleneck
-    reference = OKDDipResNetReference(ref_block, [n, n, n], number_net=m,
-                                      num_classes=5).double().train()
-    mapping = load_into_reference(model, reference, n)
+    model, reference, mapping = _with_reference("okddip", m, block, depth)
     x = _images()
     logits, gate, targets = model.forward_with_targets(x)
     pro, x_m, leader = reference(x)
