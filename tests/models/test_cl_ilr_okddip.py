@@ -250,3 +250,23 @@ def test_bad_layouts_are_refused(kwargs, match):
     arch = kwargs.pop("arch", "resnet")
     with pytest.raises(ValueError, match=match):
         create_model(arch, num_classes=4, num_branches=4, **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["cl_ilr", "okddip"])
+def test_channels_last_gives_the_same_outputs_and_gradients(layout):
+    """The GPU path's memory format: the pairs' repeat and the attention see strided tensors."""
+    torch.manual_seed(0)
+    model = create_model("resnet", num_classes=4, num_branches=4, layout=layout,
+                         depth=8).double().train()
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = _images(seed=4)
+    forward = (lambda net, t: net.forward_with_targets(t)[::2]) if layout == "okddip" else (
+        lambda net, t: net(t)[:1])
+    outs = [forward(net, t) for net, t in ((model, x),
+                                          (last, x.to(memory_format=torch.channels_last)))]
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for out in outs:
+        sum(t.square().sum() for t in out).backward()
+    for (name, p), q in zip(model.named_parameters(), last.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-11, msg=name)
