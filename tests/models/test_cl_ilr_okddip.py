@@ -168,6 +168,13 @@ def test_parameter_counts_at_m4_equal_the_reference_models(layout, reference_cls
     assert n_params(ours) == n_params(theirs)
 
 
+def test_mcl_okds_resnet110_is_the_bottleneck_110():
+    with torch.device("meta"):
+        plain = create_model("resnet", num_classes=100, num_branches=1, depth=110,
+                             block="bottleneck")
+    assert n_params(plain) == 1_170_868  # its 1.17M
+
+
 def _batched_vs_loop(model, forward):
     loop = copy.deepcopy(model)
     loop.batched = False
