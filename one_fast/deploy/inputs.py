@@ -124,14 +124,15 @@ def loader_input_spec(data: DatasetInfo, loader: ShardLoader,
     """The :class:`InputSpec` of networks trained from ``loader`` (what the trainer saves).
 
     Args:
-        data: the trainer's description of the dataset (name, class count).
+        data: the trainer's description of the dataset (name, class count, and ImageNet's
+            class names: the devkit's words, or the wnids without a devkit).
         loader: one of the run's loaders (image shape, normalisation statistics).
         data_dir: where CIFAR's files are (for its class names); None: no CIFAR names.
     """
     c, h, w = loader.image_shape
+    names = data.class_names or class_names(data.name, data_dir)
     return InputSpec(dataset=data.name, num_classes=data.num_classes, channels=c, height=h,
-                     width=w, mean=tuple(loader.mean), std=tuple(loader.std),
-                     class_names=class_names(data.name, data_dir))
+                     width=w, mean=tuple(loader.mean), std=tuple(loader.std), class_names=names)
 
 
 def save_input_spec(run_dir: str | os.PathLike, spec: InputSpec) -> Path:
