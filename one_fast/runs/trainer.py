@@ -113,6 +113,8 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
 
 def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]:
     rt = resolve_runtime(config, dist)
+    if rt.cpu_threads is not None:
+        torch.set_num_threads(rt.cpu_threads)
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
