@@ -162,7 +162,9 @@ class ImageNetLoader(ShardLoader):
             CorruptDatasetError: an image cannot be decoded (the message names the file).
         """
         seed = derive_seed(self.seed, epoch, self.rank) % (1 << DALI_SEED_BITS)
-        yield from self._run(self._epoch_positions(epoch), self.augment, seed, f"epoch {epoch}")
+        # Messages count epochs from 1, as the trainer's lines and metrics.jsonl do.
+        yield from self._run(self._epoch_positions(epoch), self.augment, seed,
+                             f"epoch {epoch + 1}")
 
     def eval_batches(self) -> Iterator[Batch]:
         """Yield every image of this rank's shard once, in order, with the evaluation
