@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -39,7 +40,8 @@ from .inputs import InputSpec
 FORMATS = ("pt2", "onnx", "torchscript", "state_dict")
 META_NAME = "one_fast.json"
 STATE_DICT_FORMAT = "one_fast.state_dict/1"
-ONNX_INSTALL = "pip install onnx onnxscript onnxruntime  (or: pip install -e \".[onnx]\")"
+ONNX_INSTALL = ("pip install onnx onnxscript onnxruntime  (or: pip install --no-build-isolation "
+                "-e \".[onnx]\")")
 # How far a re-loaded artefact may be from the in-memory module on the check batch: torch's
 # float32 defaults for the torch formats (same kernels, same order); ONNX Runtime runs its own
 # convolution kernels, whose float32 sums are ordered differently.
@@ -99,6 +101,34 @@ def _torchscript():
         yield
 
 
+# What torch.onnx.export says on every export that is not about this model: its registry skips
+# torchvision's operators when torchvision is not installed (this network uses none), and
+# torch's own pytree code trips its own deprecation. Anything else it says is shown.
+_ONNX_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+_EXPECTED_ONNX_LOG = "torchvision is not installed. Skipping "
+_EXPECTED_ONNX_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_EXPECTED_ONNX_LOG)
+
+
+@contextlib.contextmanager
+def _onnx_export_quiet():
+    """torch.onnx.export without its expected notices (see above); other lines pass."""
+    logger = logging.getLogger(_ONNX_REGISTRY_LOGGER)
+    dropper = _DropExpected()
+    logger.addFilter(dropper)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_EXPECTED_ONNX_WARNING,
+                                    category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(dropper)
+
+
 def _batch_dim():
     return {"x": {0: torch.export.Dim("batch", min=1)}}
 
@@ -117,9 +147,10 @@ def _serialise(module: PlainNetwork, fmt: str, example: torch.Tensor, meta_text:
                     "meta": meta_text}, buffer)
     else:
         onnx, _ = _onnx_modules()
-        program = torch.onnx.export(module, (example,), input_names=["x"],
-                                    output_names=["output"], dynamic_shapes=_batch_dim(),
-                                    dynamo=True, verbose=False)
+        with _onnx_export_quiet():
+            program = torch.onnx.export(module, (example,), input_names=["x"],
+                                        output_names=["output"], dynamic_shapes=_batch_dim(),
+                                        dynamo=True, verbose=False)
         proto = program.model_proto
         onnx.helper.set_model_props(proto, {META_NAME: meta_text})
         return proto.SerializeToString()
