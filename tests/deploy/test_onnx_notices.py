@@ -3,6 +3,7 @@ operators skipped, torch's own pytree deprecation), and still lets every other o
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import warnings
@@ -30,19 +31,26 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_onnx_export_prints_only_its_report(trained_run, tmp_path, capfd):
-    out = tmp_path / "one_e.onnx"
+@contextlib.contextmanager
+def _notices():
+    """(log messages of torch's ONNX registry, warnings) emitted inside the block."""
     logger = logging.getLogger(REGISTRY_LOGGER)
     records = _Records()
     logger.addHandler(records)
     try:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            assert export_command.main([str(trained_run), "--member", "ensemble", "--format",
-                                        "onnx", "--out", str(out)]) == 0
+            yield records.messages, seen
     finally:
         logger.removeHandler(records)
-    assert records.messages == []  # torch's four "torchvision is not installed" lines
+
+
+def test_onnx_export_prints_only_its_report(trained_run, tmp_path, capfd):
+    out = tmp_path / "one_e.onnx"
+    with _notices() as (logged, seen):
+        assert export_command.main([str(trained_run), "--member", "ensemble", "--format",
+                                    "onnx", "--out", str(out)]) == 0
+    assert logged == []  # torch's four "torchvision is not installed" lines
     assert [str(w.message) for w in seen] == []
     captured = capfd.readouterr()
     assert captured.err == "", captured.err
@@ -51,21 +59,15 @@ def test_onnx_export_prints_only_its_report(trained_run, tmp_path, capfd):
 
 def test_other_notices_pass_through():
     logger = logging.getLogger(REGISTRY_LOGGER)
-    records = _Records()
-    logger.addHandler(records)
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            with formats._onnx_export_quiet():
-                logger.warning("torchvision is not installed. Skipping torchvision::nms")
-                logger.warning("an operator this model uses has no ONNX translation")
-                warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning,
-                              stacklevel=1)
-                warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    with _notices() as (logged, seen):
+        with formats._onnx_export_quiet():
             logger.warning("torchvision is not installed. Skipping torchvision::nms")
-    finally:
-        logger.removeHandler(records)
+            logger.warning("an operator this model uses has no ONNX translation")
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning,
+                          stacklevel=1)
+            warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+        logger.warning("torchvision is not installed. Skipping torchvision::nms")
     assert [str(w.message) for w in seen] == ["something else is deprecated"]
     # Only inside the export are the expected lines dropped.
-    assert records.messages == ["an operator this model uses has no ONNX translation",
-                                "torchvision is not installed. Skipping torchvision::nms"]
+    assert logged == ["an operator this model uses has no ONNX translation",
+                      "torchvision is not installed. Skipping torchvision::nms"]
