@@ -53,7 +53,7 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
     threads = None
     if not cuda:
         threads, threads_line = cpu_threads()
-        note = "\n".join(line for line in (threads_line, note) if line)
+        note = "\n".join(line for line in (note, threads_line) if line)
     return Runtime(
         device=dist.device,
         compile=config.compile if config.compile is not None else cuda,
