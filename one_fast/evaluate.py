@@ -122,11 +122,13 @@ def format_result(result: dict) -> str:
         lines.append(f"loss terms (distillation weight {result['kl_weight']:g}): {terms}")
     if "per_class" in result:
         names = list(result["per_class"])
-        lines.append("per class: " + " ".join(f"{n:>9}" for n in names))
+        # Class names in full up to 24 characters (ImageNet's wnids are 9: n01440764).
+        width = min(max([8, *(len(label) for label in result["class_names"])]), 24)
+        lines.append(f"{'per class:':<{width + 2}} " + " ".join(f"{n:>9}" for n in names))
         for k, label in enumerate(result["class_names"]):
             cells = [result["per_class"][n][k] for n in names]
             text = " ".join(f"{'-':>9}" if c is None else f"{100 * c:8.2f}%" for c in cells)
-            lines.append(f"  {label[:8]:<8} {text}")
+            lines.append(f"  {label[:width]:<{width}} {text}")
     return "\n".join(lines)
 
 

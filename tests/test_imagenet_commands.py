@@ -53,6 +53,9 @@ def test_evaluate_reads_the_validation_pipeline_and_reproduces_the_run(imagenet_
     train_split = _json(evaluate_command.main, [str(imagenet_run), "--split", "train",
                                                 "--per-class"], capsys)
     assert train_split["images"] == 19 and train_split["class_names"] == list(WNIDS)
+    assert evaluate_command.main([str(imagenet_run), "--per-class"]) == 0
+    rows = capsys.readouterr().out.splitlines()[-3:]
+    assert [row.split()[0] for row in rows] == list(WNIDS)  # whole wnids, not cut to 8
 
 
 def test_evaluate_without_the_folder_names_it(imagenet_run, tmp_path, capsys):
