@@ -29,7 +29,7 @@ from .runner import (
     train,
 )
 from .slurm import live_jobs
-from .status import FAILED, RUNNING, read_launch, rewrite_table, write_launch
+from .status import FAILED, INTERRUPTED, RUNNING, read_launch, rewrite_table, write_launch
 from .tables import Table
 
 
@@ -52,7 +52,8 @@ def distributed_command(command: list[str], tasks: int, launcher: str) -> list[s
 
 @dataclass
 class JobResult:
-    """What one job did: "finished", "failed" or "running" (another holder trains the run)."""
+    """What one job did: "finished", "failed", "interrupted" (by a signal) or "running"
+    (another holder trains the run)."""
 
     status: str
     detail: str = ""
@@ -121,7 +122,7 @@ class RunJob:
         except RunLocked as err:
             return JobResult(RUNNING, str(err))
         rewrite_table(self.table, self.options)
-        if result.status == FAILED:
+        if result.status != FINISHED:
             raise RuntimeError(f"{run.config.name} seed {run.seed}: {result.detail}")
         return result
 
@@ -138,6 +139,9 @@ class RunJob:
         if record is None and not reason:
             reason = "the trainer exited without the last epoch's test accuracy in its metrics"
         status = FINISHED if record is not None else FAILED
+        if code < 0:  # a signal: Slurm's requeue, preemption or cancel; the run resumes later
+            status, reason = INTERRUPTED, (f"stopped by signal {-code} after the checkpoint of "
+                                           f"its last finished epoch; the next attempt resumes")
         self._record(run, status, command, reason)
         return JobResult(status, reason, seconds)
 

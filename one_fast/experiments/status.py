@@ -36,6 +36,7 @@ from .tables import Table
 LAUNCH_NAME = "launch.json"  # in the run folder: launcher, job id, requeues, last status
 JOBS_NAME = "slurm_jobs.json"  # in the table folder: run folder -> Slurm job id
 QUEUED, RUNNING, FAILED, STALE, MISSING = "queued", "running", "failed", "stale", "missing"
+INTERRUPTED = "interrupted"  # a launch.json status: stopped by a signal, resumes next time
 STATES = (FINISHED, RUNNING, QUEUED, FAILED, STALE, MISSING)
 
 
