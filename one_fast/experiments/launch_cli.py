@@ -68,7 +68,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     """The Slurm options from the flags.
 
     Raises:
-        ValueError: a malformed --slurm-time or --slurm-extra, naming the flag.
+        ValueError: a malformed --slurm-time or --slurm-extra, or task and GPU counts that
+            do not fit (see :class:`SlurmOptions`), naming the flag.
     """
     extra = []
     for item in args.slurm_extra:
@@ -76,13 +77,11 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
         if not sep or not key:
             raise ValueError(f"--slurm-extra expects KEY=VALUE, got {item!r}")
         extra.append((key.strip(), value.strip()))
-    options = SlurmOptions(partition=args.slurm_partition, time_min=parse_time(args.slurm_time),
+    return SlurmOptions(partition=args.slurm_partition, time_min=parse_time(args.slurm_time),
                            gpus_per_run=args.gpus_per_run, tasks_per_run=args.tasks_per_run,
                            cpus_per_task=args.slurm_cpus_per_gpu, mem=args.slurm_mem,
                            account=args.slurm_account, qos=args.slurm_qos,
                            setup=tuple(args.slurm_setup), extra=tuple(extra))
-    options.tasks  # noqa: B018 -- validates the task and GPU counts now, naming the flags
-    return options
 
 
 def run_launcher(args: argparse.Namespace, table: Table, options: RunnerOptions) -> int:

@@ -12,6 +12,8 @@ each run becomes a :class:`.jobs.RunJob`; a launcher executes the jobs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import time
@@ -157,6 +159,9 @@ class SlurmOptions:
         setup: shell lines run before the job (module load, venv activation).
         extra: more submitit parameters (its names) or sbatch flags, by name.
         signal_delay_s: how long before the time limit Slurm warns the job (it then requeues).
+
+    Raises:
+        ValueError: negative GPUs, fewer than one task, tasks != GPUs (one task per GPU).
     """
 
     partition: str | None = None
@@ -171,18 +176,21 @@ class SlurmOptions:
     extra: tuple[tuple[str, str], ...] = ()
     signal_delay_s: int = 120
 
+    def __post_init__(self):
+        if self.gpus_per_run < 0:
+            raise ValueError(f"--gpus-per-run must be >= 0, got {self.gpus_per_run}")
+        if self.tasks_per_run is not None and self.tasks_per_run < 1:
+            raise ValueError(f"--tasks-per-run must be >= 1, got {self.tasks_per_run}")
+        if self.gpus_per_run and self.tasks != self.gpus_per_run:
+            raise ValueError(f"--tasks-per-run {self.tasks} must equal --gpus-per-run "
+                             f"{self.gpus_per_run} (one task per GPU)")
+        if self.time_min < 1:
+            raise ValueError(f"--slurm-time must be at least a minute, got {self.time_min}")
+
     @property
     def tasks(self) -> int:
         """Processes of one run."""
-        tasks = self.tasks_per_run or max(1, self.gpus_per_run)
-        if tasks < 1:
-            raise ValueError(f"--tasks-per-run must be >= 1, got {tasks}")
-        if self.gpus_per_run < 0:
-            raise ValueError(f"--gpus-per-run must be >= 0, got {self.gpus_per_run}")
-        if self.gpus_per_run and tasks != self.gpus_per_run:
-            raise ValueError(f"--tasks-per-run {tasks} must equal --gpus-per-run "
-                             f"{self.gpus_per_run} (one task per GPU)")
-        return tasks
+        return self.tasks_per_run or max(1, self.gpus_per_run)
 
     def executor_parameters(self) -> dict:
         """submitit SlurmExecutor parameters for one run's job."""
@@ -218,7 +226,8 @@ def slurm_precision(options: RunnerOptions, slurm: SlurmOptions) -> RunnerOption
 
 def _submit(executor, jobs: list[RunJob], dependency: str | None) -> list[str]:
     executor.update_parameters(dependency=dependency)
-    with executor.batch():
+    # submitit echoes sbatch's stderr when it fails; the error we raise carries it in one line.
+    with contextlib.redirect_stderr(io.StringIO()), executor.batch():
         submitted = [executor.submit(job) for job in jobs]
     return [str(s.job_id) for s in submitted]
 
@@ -256,7 +265,8 @@ def launch_slurm(table: Table, options: RunnerOptions, slurm: SlurmOptions,
             to_submit.append(job)
     if not to_submit:
         return {}
-    made_table_dir = not folder.exists()
+    # The outermost folder this submission creates: removed again if Slurm refuses.
+    created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     logs = folder / "slurm" / time.strftime("%Y%m%d-%H%M%S")
     executor = submitit.SlurmExecutor(folder=logs)
     executor.update_parameters(**slurm.executor_parameters())
@@ -287,7 +297,7 @@ def launch_slurm(table: Table, options: RunnerOptions, slurm: SlurmOptions,
                 ids[rel(job.planned().run_dir)] = jid
     except Exception as err:
         if not ids:
-            shutil.rmtree(folder if made_table_dir else logs, ignore_errors=True)
+            shutil.rmtree(created or logs, ignore_errors=True)
         if ids:
             record_jobs(folder, ids)
         raise SlurmError(f"Slurm refused the submission: {slurm_message(err)}") from err

@@ -68,12 +68,14 @@ def live_jobs() -> dict[str, str] | None:
 
 
 def slurm_message(err: BaseException) -> str:
-    """The line of Slurm's own words in a failed submission's error (``sbatch: error: ...``),
-    else the error's last non-empty line."""
+    """Slurm's own words in a failed submission's error, on one line: its ``sbatch: error:``
+    lines joined by "; " (else the error's last non-empty line)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.search(r"sbatch: error:", ln)]
-    text = errors[-1] if errors else (lines[-1] if lines else type(err).__name__)
-    return text[text.index("sbatch: error:"):] if "sbatch: error:" in text else text
+    prefix = "sbatch: error: "
+    errors = [ln[ln.index(prefix) + len(prefix):] for ln in lines if prefix in ln]
+    if errors:
+        return prefix + "; ".join(dict.fromkeys(errors))
+    return lines[-1] if lines else type(err).__name__
 
 
 def parse_time(text: str) -> int:

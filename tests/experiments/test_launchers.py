@@ -114,8 +114,11 @@ def test_slurm_time_and_message_parsing():
     for bad in ("abc", "0", "1:2:3:4"):
         with pytest.raises(ValueError, match="--slurm-time"):
             parse_time(bad)
-    err = RuntimeError("Command failed\nsbatch: error: invalid partition specified: nope\n")
-    assert slurm_message(err) == "sbatch: error: invalid partition specified: nope"
+    err = RuntimeError("sbatch: error: invalid partition specified: nope\nsbatch: error: "
+                       "Batch job submission failed: Invalid partition name specified\n")
+    assert slurm_message(err) == ("sbatch: error: invalid partition specified: nope; Batch job "
+                                  "submission failed: Invalid partition name specified")
+    assert slurm_message(RuntimeError("\nsomething else\n")) == "something else"
 
 
 def test_slurm_options_become_submitit_parameters():
@@ -135,7 +138,7 @@ def test_slurm_options_become_submitit_parameters():
     cpu = SlurmOptions(gpus_per_run=0, tasks_per_run=2).executor_parameters()
     assert "gpus_per_task" not in cpu and cpu["ntasks_per_node"] == 2
     with pytest.raises(ValueError, match="--tasks-per-run 3 must equal --gpus-per-run 2"):
-        SlurmOptions(gpus_per_run=2, tasks_per_run=3).tasks
+        SlurmOptions(gpus_per_run=2, tasks_per_run=3)
 
 
 def test_missing_submitit_or_sbatch_say_what_to_do(tmp_path, monkeypatch, capsys):
