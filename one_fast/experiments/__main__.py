@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         table = build_table(args.table, args.dataset)
         if args.only:
             table = table.only(args.only)
-        if uses_launcher(args) and not args.dry_run:
+        if uses_launcher(args):
             return run_launcher(args, table, options)
         path = table_dir(table, options) / "TABLE.md"
         result = run_table(table, options,

@@ -10,11 +10,12 @@ from .launchers import (
     SlurmOptions,
     launch_local,
     launch_slurm,
+    slurm_jobs,
     slurm_precision,
     wait_for_jobs,
 )
 from .report import render
-from .runner import RunnerOptions
+from .runner import NEW, RunnerOptions, shown_command
 from .slurm import SlurmError, parse_time
 from .status import collect_result, status_lines
 from .tables import Table
@@ -59,9 +60,11 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def uses_launcher(args: argparse.Namespace) -> bool:
-    """Whether the flags ask for more than today's one-run-after-another local runner."""
-    return (args.status or args.launcher == "slurm" or args.parallel != 1
-            or args.gpus_per_run > 1)
+    """Whether the flags ask for more than the one-run-after-another local runner (whose
+    --dry-run also shows a local --parallel table's commands)."""
+    if args.status or args.launcher == "slurm":
+        return True
+    return not args.dry_run and (args.parallel != 1 or args.gpus_per_run > 1)
 
 
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
@@ -101,6 +104,10 @@ def run_launcher(args: argparse.Namespace, table: Table, options: RunnerOptions)
         results = launch_local(table, options, args.parallel, args.gpus_per_run)
         return 1 if any(r.status == "failed" for r in results.values()) else 0
     slurm = slurm_options(args)
+    if args.dry_run:
+        for job in slurm_jobs(table, slurm_precision(options, slurm), slurm):
+            print(f"{job.config} seed {job.seed}: {shown_command(job.command(NEW))}")
+        return 0
     try:
         ids = launch_slurm(table, options, slurm)
     except SlurmError as err:

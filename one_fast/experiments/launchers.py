@@ -54,6 +54,7 @@ from .status import (
 from .tables import Table
 
 Say = Callable[[str], None]
+SIGNAL_SLACK_S = 60  # Slurm sends the --signal warning up to this much earlier than asked
 
 
 def local_slots(parallel: int, gpus_per_run: int, gpu_count: int,
@@ -184,8 +185,13 @@ class SlurmOptions:
         if self.gpus_per_run and self.tasks != self.gpus_per_run:
             raise ValueError(f"--tasks-per-run {self.tasks} must equal --gpus-per-run "
                              f"{self.gpus_per_run} (one task per GPU)")
-        if self.time_min < 1:
-            raise ValueError(f"--slurm-time must be at least a minute, got {self.time_min}")
+        if self.time_min * 60 < self.signal_delay_s + SIGNAL_SLACK_S:
+            # Slurm may warn up to a minute early: a job warned before Python has started
+            # dies of the signal instead of requeueing.
+            raise ValueError(f"--slurm-time {self.time_min} min is too short: the requeue "
+                             f"warning comes {self.signal_delay_s} s (up to "
+                             f"{self.signal_delay_s + SIGNAL_SLACK_S} s) before the limit; "
+                             "give a longer time or a smaller signal_delay_s")
 
     @property
     def tasks(self) -> int:
@@ -224,6 +230,11 @@ def slurm_precision(options: RunnerOptions, slurm: SlurmOptions) -> RunnerOption
     return replace(options, precision="bf16" if slurm.gpus_per_run else "none")
 
 
+def slurm_jobs(table: Table, options: RunnerOptions, slurm: SlurmOptions) -> list[RunJob]:
+    """Every run of ``table`` as the job the Slurm launcher submits for it."""
+    return _jobs(table, options, slurm.tasks, "slurm")
+
+
 def _submit(executor, jobs: list[RunJob], dependency: str | None) -> list[str]:
     executor.update_parameters(dependency=dependency)
     # submitit echoes sbatch's stderr when it fails; the error we raise carries it in one line.
@@ -253,7 +264,7 @@ def launch_slurm(table: Table, options: RunnerOptions, slurm: SlurmOptions,
     recorded = read_jobs(folder)
     by_key = {}
     to_submit: list[RunJob] = []
-    for job in _jobs(table, options, slurm.tasks, "slurm"):
+    for job in slurm_jobs(table, options, slurm):
         run = job.planned()
         by_key[(job.config, job.seed)] = run
         state, detail = run_status(run, options, recorded, live)
@@ -328,5 +339,5 @@ def wait_for_jobs(ids: dict[str, str], table: Table, options: RunnerOptions,
     return sum(result.outcome(r).status != FINISHED for r in result.runs)
 
 
-__all__ = ["SlurmOptions", "launch_local", "launch_slurm", "local_slots", "slurm_precision",
-           "wait_for_jobs"]
+__all__ = ["SlurmOptions", "launch_local", "launch_slurm", "local_slots", "slurm_jobs",
+           "slurm_precision", "wait_for_jobs"]

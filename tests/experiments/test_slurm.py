@@ -14,6 +14,7 @@ import time
 import pytest
 
 from one_fast.engine.metrics import read_metrics
+from one_fast.experiments.__main__ import main
 from one_fast.experiments.launchers import (
     SlurmOptions,
     launch_local,
@@ -171,3 +172,27 @@ def test_unknown_partition_is_one_line_from_slurm_and_makes_no_folder(tmp_path, 
                      say=lambda _: None)
     assert not (tmp_path / "runs").exists()
     assert capfd.readouterr().err == ""  # nothing but the error itself
+
+
+def test_command_line_submits_without_waiting_and_status_follows(tmp_path, capsys):
+    flags = ["branches", "--dataset", "digits", "--only", "digits-resnet32-m1", "--seeds", "0",
+             "--epochs", "1", "--out-dir", str(tmp_path), "--launcher", "slurm",
+             "--gpus-per-run", "0", "--slurm-time", "10"]
+    assert main([*flags, "--dry-run", "--", "--depth", "8"]) == 0
+    assert "--num-branches 1 --epochs 1 --seed 0 --amp none" in capsys.readouterr().out
+    assert not tmp_path.joinpath("branches").exists()
+    assert main([*flags, "--no-wait", "--", "--depth", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "digits-resnet32-m1 seed 0: Slurm job " in out and "1 jobs submitted" in out
+    assert main([*flags, "--status", "--", "--depth", "8"]) == 0
+    status = capsys.readouterr().out
+    assert status.split()[0] in ("queued", "running") and "# " in status  # the table so far
+    job_id = status.split("(Slurm job ")[1].split(")")[0]
+    deadline = time.monotonic() + 300
+    while _job_state(job_id) != "GONE" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert main([*flags, "--status", "--", "--depth", "8"]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith("finished digits-resnet32-m1 seed 0")
+    assert "1 runs: 1 finished" in status
+    assert "| digits-resnet32-m1 " in status and "| 0 |" in status
