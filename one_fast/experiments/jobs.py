@@ -134,7 +134,12 @@ class RunJob:
         if state == RESUME:
             self._record(run, RUNNING, command)
         print(f"{run.config.name} seed {run.seed}: {shown_command(command)}", flush=True)
-        code, seconds, reason = train(command, run.log_path, self.env)
+        try:
+            code, seconds, reason = train(command, run.log_path, self.env)
+        except BaseException:  # submitit requeueing (SystemExit) or giving up on this job
+            self._record(run, INTERRUPTED, command, "stopped by Slurm (preemption or time "
+                         "limit) after its last checkpoint; the next attempt resumes")
+            raise
         record = finished_record(run.run_dir, self.options.epochs) if code == 0 else None
         if record is None and not reason:
             reason = "the trainer exited without the last epoch's test accuracy in its metrics"

@@ -160,6 +160,8 @@ class SlurmOptions:
         setup: shell lines run before the job (module load, venv activation).
         extra: more submitit parameters (its names) or sbatch flags, by name.
         signal_delay_s: how long before the time limit Slurm warns the job (it then requeues).
+        max_timeouts: how many times a job that reaches its time limit is requeued (submitit's
+            max_num_timeout; preemptions do not count).
 
     Raises:
         ValueError: negative GPUs, fewer than one task, tasks != GPUs (one task per GPU).
@@ -176,6 +178,7 @@ class SlurmOptions:
     setup: tuple[str, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
     signal_delay_s: int = 120
+    max_timeouts: int = 20
 
     def __post_init__(self):
         if self.gpus_per_run < 0:
@@ -185,6 +188,9 @@ class SlurmOptions:
         if self.gpus_per_run and self.tasks != self.gpus_per_run:
             raise ValueError(f"--tasks-per-run {self.tasks} must equal --gpus-per-run "
                              f"{self.gpus_per_run} (one task per GPU)")
+        timeouts = dict(self.extra).get("max_num_timeout", "0")
+        if not timeouts.isdigit():
+            raise ValueError(f"--slurm-extra max_num_timeout must be a count, got {timeouts!r}")
         if self.time_min * 60 < self.signal_delay_s + SIGNAL_SLACK_S:
             # Slurm may warn up to a minute early: a job warned before Python has started
             # dies of the signal instead of requeueing.
@@ -214,6 +220,8 @@ class SlurmOptions:
             params["setup"] = list(self.setup)
         valid = require_submitit().SlurmExecutor._valid_parameters()
         for key, value in self.extra:
+            if key == "max_num_timeout":  # an executor setting, not an sbatch one
+                continue
             value = int(value) if value.isdigit() else value
             if key in valid:
                 params[key] = value
@@ -279,7 +287,8 @@ def launch_slurm(table: Table, options: RunnerOptions, slurm: SlurmOptions,
     # The outermost folder this submission creates: removed again if Slurm refuses.
     created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     logs = folder / "slurm" / time.strftime("%Y%m%d-%H%M%S")
-    executor = submitit.SlurmExecutor(folder=logs)
+    timeouts = dict(slurm.extra).get("max_num_timeout", str(slurm.max_timeouts))
+    executor = submitit.SlurmExecutor(folder=logs, max_num_timeout=int(timeouts))
     executor.update_parameters(**slurm.executor_parameters())
 
     def rel(run_dir: Path) -> str:  # the jobs file's key

@@ -139,6 +139,8 @@ def test_slurm_options_become_submitit_parameters():
     assert "gpus_per_task" not in cpu and cpu["ntasks_per_node"] == 2
     with pytest.raises(ValueError, match="--tasks-per-run 3 must equal --gpus-per-run 2"):
         SlurmOptions(gpus_per_run=2, tasks_per_run=3)
+    with pytest.raises(ValueError, match="max_num_timeout must be a count, got 'x'"):
+        SlurmOptions(extra=(("max_num_timeout", "x"),))
     with pytest.raises(ValueError, match="--slurm-time 2 min is too short"):
         SlurmOptions(time_min=2, signal_delay_s=90)
 
