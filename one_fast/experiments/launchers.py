@@ -191,13 +191,13 @@ class SlurmOptions:
         timeouts = dict(self.extra).get("max_num_timeout", "0")
         if not timeouts.isdigit():
             raise ValueError(f"--slurm-extra max_num_timeout must be a count, got {timeouts!r}")
-        if self.time_min * 60 < self.signal_delay_s + SIGNAL_SLACK_S:
+        delay = int(dict(self.extra).get("signal_delay_s", self.signal_delay_s))
+        if self.time_min * 60 < delay + SIGNAL_SLACK_S:
             # Slurm may warn up to a minute early: a job warned before Python has started
             # dies of the signal instead of requeueing.
             raise ValueError(f"--slurm-time {self.time_min} min is too short: the requeue "
-                             f"warning comes {self.signal_delay_s} s (up to "
-                             f"{self.signal_delay_s + SIGNAL_SLACK_S} s) before the limit; "
-                             "give a longer time or a smaller signal_delay_s")
+                             f"warning comes {delay} s (up to {delay + SIGNAL_SLACK_S} s) "
+                             "before the limit; give a longer time or a smaller signal_delay_s")
 
     @property
     def tasks(self) -> int:

@@ -355,15 +355,19 @@ def run_table(table: Table, options: RunnerOptions,
             to_train -= 1
             _notify(on_update, result)
             continue
-        verb = {RESUME: "resuming", OVERWRITE: "restarting (no checkpoint)"}.get(state, "training")
-        say(f"{head}: {verb}, log {run.log_path}\n  {shown_command(command)}")
+        lock = RunLock(run.run_dir)  # two runners on one table never train a run twice
         try:
-            with RunLock(run.run_dir):  # two runners on one table never train a run twice
-                code, seconds, reason = train(command, run.log_path)
+            lock.acquire()
         except RunLocked as err:
             say(f"{head}: skipped: {err}")
             to_train -= 1
             continue
+        verb = {RESUME: "resuming", OVERWRITE: "restarting (no checkpoint)"}.get(state, "training")
+        say(f"{head}: {verb}, log {run.log_path}\n  {shown_command(command)}")
+        try:
+            code, seconds, reason = train(command, run.log_path)
+        finally:
+            lock.release()
         record = finished_record(run.run_dir, options.epochs) if code == 0 else None
         if record is None and not reason:
             reason = "the trainer exited without the last epoch's test accuracy in its metrics"

@@ -16,7 +16,7 @@ from one_fast.experiments.__main__ import main
 from one_fast.experiments.jobs import RunJob, distributed_command
 from one_fast.experiments.launchers import SlurmOptions, launch_local, local_slots
 from one_fast.experiments.locks import Holder, RunLock, RunLocked, lock_path, read_holder
-from one_fast.experiments.runner import plan_runs, table_dir
+from one_fast.experiments.runner import plan_runs, run_table, table_dir
 from one_fast.experiments.slurm import (
     SlurmError,
     parse_time,
@@ -143,6 +143,8 @@ def test_slurm_options_become_submitit_parameters():
         SlurmOptions(extra=(("max_num_timeout", "x"),))
     with pytest.raises(ValueError, match="--slurm-time 2 min is too short"):
         SlurmOptions(time_min=2, signal_delay_s=90)
+    with pytest.raises(ValueError, match=r"comes 200 s \(up to 260 s\)"):
+        SlurmOptions(time_min=4, extra=(("signal_delay_s", "200"),))
 
 
 def test_missing_submitit_or_sbatch_say_what_to_do(tmp_path, monkeypatch, capsys):
@@ -183,6 +185,25 @@ def test_status_reads_every_state_from_the_folders(tmp_path):
     assert lines[2].startswith("failed   m2 seed 2") and "boom" in lines[2]
     assert lines[3].startswith("stale    m2 seed 3") and "resumes it" in lines[3]
     assert lines[4].startswith("4 runs: 1 running, 1 failed, 1 stale, 1 missing")
+
+
+def test_sequential_runner_skips_a_run_another_process_is_training(tmp_path):
+    table = tiny_table(config("m2", 2))
+    options = tiny_options(tmp_path, seeds=(0,))
+    run = plan_runs(table, options)[0]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_path(run.run_dir).parent.mkdir(parents=True)
+        lock_path(run.run_dir).write_text(json.dumps(
+            {"host": os.uname().nodename, "pid": sleeper.pid, "job_id": ""}))
+        lines: list[str] = []
+        result = run_table(table, options, say=lines.append)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert result.trained == 0 and not run.run_dir.exists()
+    assert lines == [f"[1/1] m2 seed 0: skipped: {run.run_dir} is being trained by pid "
+                     f"{sleeper.pid} on {os.uname().nodename}"]
 
 
 @pytest.mark.slow
