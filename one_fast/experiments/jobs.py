@@ -137,8 +137,8 @@ class RunJob:
         try:
             code, seconds, reason = train(command, run.log_path, self.env)
         except BaseException:  # submitit requeueing (SystemExit) or giving up on this job
-            self._record(run, INTERRUPTED, command, "stopped by Slurm (preemption or time "
-                         "limit) after its last checkpoint; the next attempt resumes")
+            self._record(run, INTERRUPTED, command, "stopped (preempted, timed out or "
+                         "interrupted) after its last checkpoint; the next attempt resumes")
             raise
         record = finished_record(run.run_dir, self.options.epochs) if code == 0 else None
         if record is None and not reason:

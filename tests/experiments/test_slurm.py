@@ -114,37 +114,24 @@ def test_array_table_equals_local_table_and_status_follows_it(tmp_path):
     assert _table_rows(table, options) == _table_rows(table, local)
 
 
-def test_requeued_job_resumes_from_its_checkpoint_exactly(tmp_path):
+# `scontrol requeue`: what an admin, or a preemption in REQUEUE mode, does to a running job
+# (SIGTERM, then back to the queue). `scancel --signal=USR2`: the warning Slurm sends before a
+# job's time limit (submitit's --signal=USR2@delay), on which submitit calls RunJob.checkpoint
+# and requeues the job itself; sent now rather than after minutes of waiting (on a one-minute
+# limit Slurm may send it before Python has started: it signals up to 60 s early).
+@pytest.mark.parametrize("interrupt", [["scontrol", "requeue"], ["scancel", "--signal=USR2"]],
+                         ids=["scontrol-requeue", "time-limit-warning"])
+def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint_exactly(
+        tmp_path, interrupt):
     table = tiny_table(config("m2", 2))
     options = tiny_options(tmp_path / "runs", seeds=(0,), epochs=4)
     (job_id,) = launch_slurm(table, options, CPU, say=lambda _: None).values()
     run = plan_runs(table, options)[0]
     saved = _wait_for_checkpoint(run)
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    subprocess.run([*interrupt, job_id], check=True)
     _start_now(job_id)
     assert wait_for_jobs({"run": job_id}, table, options, poll_s=1, say=lambda _: None) == 0
-    assert saved < 4, "the run finished before it could be requeued"
-    launch = json.loads((run.run_dir / "launch.json").read_text())
-    assert launch["requeues"] == 1 and launch["status"] == "finished"
-    assert f"resumed from {run.run_dir} after epoch {saved}" in run.log_path.read_text()
-    _same_training(read_metrics(run.run_dir)[-1], _uninterrupted(run, tmp_path / "straight"))
-
-
-def test_job_warned_of_its_time_limit_requeues_itself_and_resumes_exactly(tmp_path):
-    # Before a job's time limit (or a preemption with a grace period) Slurm sends it USR2
-    # (submitit's --signal=USR2@delay); submitit then calls RunJob.checkpoint and requeues the
-    # job. `scancel --signal USR2` sends that same signal now, rather than waiting minutes: on
-    # a one-minute limit Slurm may send it before Python has started (it signals up to 60 s
-    # early), which no launcher can catch.
-    table = tiny_table(config("m2", 2))
-    options = tiny_options(tmp_path / "runs", seeds=(0,), epochs=4)
-    (job_id,) = launch_slurm(table, options, CPU, say=lambda _: None).values()
-    run = plan_runs(table, options)[0]
-    saved = _wait_for_checkpoint(run)
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    _start_now(job_id)
-    assert wait_for_jobs({"run": job_id}, table, options, poll_s=1, say=lambda _: None) == 0
-    assert saved < 4, "the run finished before it could be signalled"
+    assert saved < 4, "the run finished before it could be interrupted"
     launch = json.loads((run.run_dir / "launch.json").read_text())
     assert launch["requeues"] == 1 and launch["status"] == "finished"
     assert f"resumed from {run.run_dir} after epoch {saved}" in run.log_path.read_text()
