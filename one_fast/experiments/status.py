@@ -159,8 +159,8 @@ def status_lines(table: Table, options: RunnerOptions) -> list[str]:
         lines.append(f"{state:8s} {run.config.name} seed {run.seed}  {run.run_dir}"
                      + (f"  ({detail})" if detail else ""))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    lines.append(f"{len(runs)} runs: {summary}" + ("" if live is not None else
-                                                   " (Slurm not found: folders only)"))
+    where = "" if live is not None else " (no Slurm queue answers here: from the folders only)"
+    lines.append(f"{len(runs)} runs: {summary}{where}")
     return lines
 
 
