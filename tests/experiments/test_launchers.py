@@ -7,13 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from one_fast.engine.distributed import first_slurm_host, slurm_rendezvous
 from one_fast.engine.metrics import read_metrics
 from one_fast.experiments.__main__ import main
-from one_fast.experiments.jobs import RunJob, distributed_command
+from one_fast.experiments.jobs import JobResult, RunJob, distributed_command
 from one_fast.experiments.launchers import SlurmOptions, launch_local, local_slots
 from one_fast.experiments.locks import Holder, RunLock, RunLocked, lock_path, read_holder
 from one_fast.experiments.runner import plan_runs, run_table, table_dir
@@ -26,7 +26,7 @@ from one_fast.experiments.slurm import (
 )
 from one_fast.experiments.status import status_lines, write_launch
 
-from .digits_table import config, tiny_options, tiny_table
+from .digits_table import config, kd_student, tiny_options, tiny_table
 
 
 def test_local_slots_pin_gpus_or_share_cpu_threads():
@@ -42,6 +42,29 @@ def test_local_slots_pin_gpus_or_share_cpu_threads():
         local_slots(1, 2, 0, 8)
     with pytest.raises(ValueError, match="--parallel must be >= 1"):
         local_slots(0, 1, 0, 8)
+
+
+def test_local_launcher_starts_a_student_only_after_its_teacher(tmp_path, monkeypatch):
+    import one_fast.experiments.launchers as launchers
+
+    events: list[str] = []
+
+    def fake_execute(job):  # the order of starts and ends, without training
+        events.append(f"start {job.config}")
+        time.sleep(0.3 if job.config == "teacher" else 0.05)
+        events.append(f"end {job.config}")
+        return JobResult("finished")
+
+    monkeypatch.setattr(launchers, "_execute", fake_execute)
+    monkeypatch.setattr(launchers, "rewrite_table", lambda table, options: None)
+    table = tiny_table(config("teacher", 2), kd_student("teacher"), config("other", 3))
+    results = launch_local(table, tiny_options(tmp_path, seeds=(0,)), parallel=2,
+                           say=lambda _: None)
+    assert set(results) == {("teacher", 0), ("student", 0), ("other", 0)}
+    # Two slots: the teacher and the independent run start at once; the student, though its
+    # slot came free first, waits for its teacher's end.
+    assert events[:2] == ["start teacher", "start other"]
+    assert events.index("start student") > events.index("end teacher")
 
 
 def test_cli_refuses_more_gpus_than_the_machine_has(tmp_path, capsys):
@@ -84,18 +107,6 @@ def test_run_lock_names_a_live_holder_and_takes_over_stale_ones(tmp_path):
         RunLock(run_dir, live_jobs=lambda: {"77_1"}).acquire()
     with RunLock(run_dir, live_jobs=lambda: set()):  # the job is gone: stale
         assert read_holder(run_dir).pid == os.getpid()
-
-
-def test_srun_tasks_get_torchrun_variables():
-    env = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-           "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123456"}
-    assert slurm_rendezvous(env) == {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1",
-                                     "MASTER_ADDR": "gpu07", "MASTER_PORT": str(29500 + 3456)}
-    assert slurm_rendezvous({**env, "WORLD_SIZE": "4"}) == {}  # torchrun set them already
-    assert slurm_rendezvous({**env, "SLURM_STEP_NUM_TASKS": "1"}) == {}
-    assert slurm_rendezvous({**env, "MASTER_PORT": "1234"})["MASTER_PORT"] == "1234"
-    assert first_slurm_host("node1,node2") == "node1"
-    assert first_slurm_host("a-b[3,5-9],c1") == "a-b3"
 
 
 def test_distributed_command_wraps_the_ordinary_trainer_command():

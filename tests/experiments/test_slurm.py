@@ -25,7 +25,7 @@ from one_fast.experiments.runner import plan_runs, table_dir, train
 from one_fast.experiments.slurm import SlurmError, live_jobs
 from one_fast.experiments.status import status_lines
 
-from .digits_table import config, tiny_options, tiny_table
+from .digits_table import config, kd_student, tiny_options, tiny_table
 
 
 def _slurm_reason() -> str | None:
@@ -136,6 +136,23 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint_exactly(
     assert launch["requeues"] == 1 and launch["status"] == "finished"
     assert f"resumed from {run.run_dir} after epoch {saved}" in run.log_path.read_text()
     _same_training(read_metrics(run.run_dir)[-1], _uninterrupted(run, tmp_path / "straight"))
+
+
+def test_students_wait_for_their_teachers_job(tmp_path):
+    table = tiny_table(config("m2", 2), kd_student("m2"))
+    options = tiny_options(tmp_path / "runs", seeds=(0,))
+    ids = launch_slurm(table, options, CPU, say=lambda _: None)
+    teacher, student = plan_runs(table, options)
+    teacher_id, student_id = (ids[str(r.run_dir.relative_to(options.out_dir))]
+                              for r in (teacher, student))
+    shown = subprocess.run(["scontrol", "show", "job", student_id], capture_output=True,
+                           text=True, check=True).stdout
+    assert f"Dependency=afterok:{teacher_id}" in shown  # not the runner: Slurm holds it
+    assert wait_for_jobs(ids, table, options, poll_s=1, say=lambda _: None) == 0
+    assert f"--teacher {teacher.run_dir}" in student.log_path.read_text()
+    # The student started (wrote inputs.json) after the teacher's last checkpoint.
+    assert (teacher.run_dir / "checkpoint.pt").stat().st_mtime_ns < \
+        (student.run_dir / "inputs.json").stat().st_mtime_ns
 
 
 def test_two_task_job_trains_with_gloo_ddp_under_srun(tmp_path):
