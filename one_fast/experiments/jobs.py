@@ -32,6 +32,8 @@ from .slurm import live_jobs
 from .status import FAILED, INTERRUPTED, RUNNING, read_launch, rewrite_table, write_launch
 from .tables import Table
 
+INTERRUPTED_EXIT = 130  # the trainer's exit code after Ctrl-C
+
 
 def requeues() -> int:
     """How many times Slurm has requeued this job (``SLURM_RESTART_COUNT``; 0 outside Slurm)."""
@@ -144,9 +146,11 @@ class RunJob:
         if record is None and not reason:
             reason = "the trainer exited without the last epoch's test accuracy in its metrics"
         status = FINISHED if record is not None else FAILED
-        if code < 0:  # a signal: Slurm's requeue, preemption or cancel; the run resumes later
-            status, reason = INTERRUPTED, (f"stopped by signal {-code} after the checkpoint of "
-                                           f"its last finished epoch; the next attempt resumes")
+        if code < 0 or code == INTERRUPTED_EXIT:  # a signal (Slurm's requeue, preemption or
+            # cancel) or Ctrl-C: the run keeps its last checkpoint and resumes next time
+            why = "Ctrl-C" if code == INTERRUPTED_EXIT else f"signal {-code}"
+            status, reason = INTERRUPTED, (f"stopped by {why} after the checkpoint of its last "
+                                           "finished epoch; the next attempt resumes")
         self._record(run, status, command, reason)
         return JobResult(status, reason, seconds)
 

@@ -217,6 +217,30 @@ def test_sequential_runner_skips_a_run_another_process_is_training(tmp_path):
                      f"{sleeper.pid} on {os.uname().nodename}"]
 
 
+@pytest.mark.parametrize("code, why", [(130, "Ctrl-C"), (-15, "signal 15"), (1, None)])
+def test_a_stopped_run_is_interrupted_and_a_broken_one_failed(tmp_path, monkeypatch, code, why):
+    import one_fast.experiments.jobs as jobs
+
+    table = tiny_table(config("m2", 2))
+    options = tiny_options(tmp_path, seeds=(0,))
+    run = plan_runs(table, options)[0]
+
+    def stopped_trainer(command, log_path, extra_env):
+        run.run_dir.mkdir(parents=True)
+        return code, 1.0, f"exit code {code}: boom"
+
+    monkeypatch.setattr(jobs, "train", stopped_trainer)
+    with pytest.raises(RuntimeError, match="m2 seed 0: "):
+        RunJob(table, options, "m2", 0)()
+    launch = json.loads((run.run_dir / "launch.json").read_text())
+    if why is None:
+        assert launch["status"] == "failed" and launch["error"] == "exit code 1: boom"
+        assert "## Failed runs" in (table_dir(table, options) / "TABLE.md").read_text()
+    else:
+        assert launch["status"] == "interrupted" and f"stopped by {why}" in launch["error"]
+        assert "## Failed runs" not in (table_dir(table, options) / "TABLE.md").read_text()
+
+
 @pytest.mark.slow
 def test_submitit_local_executor_runs_a_job_and_a_second_runner_trains_nothing(
         tmp_path, monkeypatch):
