@@ -162,4 +162,10 @@ class RunJob:
         return DelayedSubmission(self)
 
 
-__all__ = ["JobResult", "RunJob", "distributed_command", "requeues"]
+def table_jobs(table: Table, options: RunnerOptions, tasks: int, launcher: str) -> list[RunJob]:
+    """Every run of ``table`` as a job of ``launcher`` with ``tasks`` processes per run."""
+    return [RunJob(table, options, run.config.name, run.seed, tasks, launcher)
+            for run in plan_runs(table, options)]
+
+
+__all__ = ["JobResult", "RunJob", "distributed_command", "requeues", "table_jobs"]

@@ -6,17 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .launchers import (
+from .local_launcher import launch_local
+from .report import render
+from .runner import NEW, RunnerOptions, shown_command
+from .slurm import SlurmError, parse_time
+from .slurm_launcher import (
     SlurmOptions,
-    launch_local,
     launch_slurm,
     slurm_jobs,
     slurm_precision,
     wait_for_jobs,
 )
-from .report import render
-from .runner import NEW, RunnerOptions, shown_command
-from .slurm import SlurmError, parse_time
 from .status import collect_result, status_lines
 from .tables import Table
 

@@ -1,7 +1,7 @@
 """What the Slurm launcher needs from the machine: submitit, ``sbatch``, the queue.
 
 Everything here fails with one line saying what is missing and how to get it; nothing here
-submits (that is :mod:`.launchers`).
+submits (that is :mod:`.slurm_launcher`).
 """
 
 from __future__ import annotations

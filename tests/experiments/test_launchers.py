@@ -14,7 +14,7 @@ import pytest
 from one_fast.engine.metrics import read_metrics
 from one_fast.experiments.__main__ import main
 from one_fast.experiments.jobs import JobResult, RunJob, distributed_command
-from one_fast.experiments.launchers import SlurmOptions, launch_local, local_slots
+from one_fast.experiments.local_launcher import launch_local, local_slots
 from one_fast.experiments.locks import Holder, RunLock, RunLocked, lock_path, read_holder
 from one_fast.experiments.runner import plan_runs, run_table, table_dir
 from one_fast.experiments.slurm import (
@@ -24,6 +24,7 @@ from one_fast.experiments.slurm import (
     require_submitit,
     slurm_message,
 )
+from one_fast.experiments.slurm_launcher import SlurmOptions
 from one_fast.experiments.status import status_lines, write_launch
 
 from .digits_table import config, kd_student, tiny_options, tiny_table
@@ -45,7 +46,7 @@ def test_local_slots_pin_gpus_or_share_cpu_threads():
 
 
 def test_local_launcher_starts_a_student_only_after_its_teacher(tmp_path, monkeypatch):
-    import one_fast.experiments.launchers as launchers
+    import one_fast.experiments.local_launcher as local_launcher
 
     events: list[str] = []
 
@@ -55,8 +56,8 @@ def test_local_launcher_starts_a_student_only_after_its_teacher(tmp_path, monkey
         events.append(f"end {job.config}")
         return JobResult("finished")
 
-    monkeypatch.setattr(launchers, "_execute", fake_execute)
-    monkeypatch.setattr(launchers, "rewrite_table", lambda table, options: None)
+    monkeypatch.setattr(local_launcher, "_execute", fake_execute)
+    monkeypatch.setattr(local_launcher, "rewrite_table", lambda table, options: None)
     table = tiny_table(config("teacher", 2), kd_student("teacher"), config("other", 3))
     results = launch_local(table, tiny_options(tmp_path, seeds=(0,)), parallel=2,
                            say=lambda _: None)

@@ -15,14 +15,10 @@ import pytest
 
 from one_fast.engine.metrics import read_metrics
 from one_fast.experiments.__main__ import main
-from one_fast.experiments.launchers import (
-    SlurmOptions,
-    launch_local,
-    launch_slurm,
-    wait_for_jobs,
-)
+from one_fast.experiments.local_launcher import launch_local
 from one_fast.experiments.runner import plan_runs, table_dir, train
 from one_fast.experiments.slurm import SlurmError, live_jobs
+from one_fast.experiments.slurm_launcher import SlurmOptions, launch_slurm, wait_for_jobs
 from one_fast.experiments.status import status_lines
 
 from .digits_table import config, kd_student, tiny_options, tiny_table

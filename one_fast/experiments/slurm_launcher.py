@@ -1,39 +1,22 @@
-"""Launchers: who executes a table's runs. The runner plans them (:func:`.runner.plan_runs`);
-each run becomes a :class:`.jobs.RunJob`; a launcher executes the jobs.
+"""The Slurm launcher: one Slurm job per run of a table, submitted as job arrays (submitit).
 
-* :func:`launch_local` -- N runs at once on this machine (``--parallel N``), each with its own
-  GPU(s) (``CUDA_VISIBLE_DEVICES``) or its share of the CPU threads; a student starts when its
-  teacher has finished.
-* :func:`launch_slurm` -- one Slurm job per run, submitted as job arrays through submitit;
-  students' arrays depend on their teachers' jobs (``afterok``), so nothing needs the runner to
-  stay alive (``--no-wait``). A job that Slurm preempts or times out is requeued by submitit
-  and resumes its run from the last checkpoint.
+Students' arrays depend on their teachers' jobs (``afterok``), so nothing needs the runner to stay
+alive (``--no-wait``). A job that Slurm preempts or warns of its time limit is requeued by
+submitit (:meth:`.jobs.RunJob.checkpoint`) and resumes its run from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from .jobs import JobResult, RunJob
-from .runner import (
-    FINISHED,
-    NEW,
-    RunnerOptions,
-    plan_runs,
-    resolve_precision,
-    shown_command,
-    table_dir,
-)
+from .jobs import RunJob, table_jobs
+from .runner import FINISHED, NEW, RunnerOptions, shown_command, table_dir
 from .slurm import (
     SlurmError,
     live_jobs,
@@ -42,7 +25,6 @@ from .slurm import (
     slurm_message,
 )
 from .status import (
-    FAILED,
     QUEUED,
     RUNNING,
     collect_result,
@@ -55,93 +37,6 @@ from .tables import Table
 
 Say = Callable[[str], None]
 SIGNAL_SLACK_S = 60  # Slurm sends the --signal warning up to this much earlier than asked
-
-
-def local_slots(parallel: int, gpus_per_run: int, gpu_count: int,
-                cpu_count: int) -> list[dict[str, str]]:
-    """The environment of each of ``parallel`` concurrent local runs.
-
-    With GPUs: run k sees GPUs k*g .. k*g+g-1 (``CUDA_VISIBLE_DEVICES``, g = gpus_per_run).
-    Without: each run gets cpu_count // parallel threads (at least 1).
-
-    Raises:
-        ValueError: parallel < 1, or more GPUs asked for than the machine has (says how many).
-    """
-    if parallel < 1:
-        raise ValueError(f"--parallel must be >= 1, got {parallel}")
-    if gpus_per_run < 0:
-        raise ValueError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
-    need = parallel * gpus_per_run
-    if gpus_per_run > 1 and need > gpu_count or gpu_count and need > gpu_count:
-        raise ValueError(f"--parallel {parallel} x --gpus-per-run {gpus_per_run} needs {need} "
-                         f"GPUs; this machine has {gpu_count}")
-    if gpu_count and gpus_per_run:
-        return [{"CUDA_VISIBLE_DEVICES": ",".join(str(k * gpus_per_run + j)
-                                                  for j in range(gpus_per_run))}
-                for k in range(parallel)]
-    threads = str(max(1, cpu_count // parallel))
-    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(parallel)]
-
-
-def _jobs(table: Table, options: RunnerOptions, tasks: int, launcher: str) -> list[RunJob]:
-    return [RunJob(table, options, run.config.name, run.seed, tasks, launcher)
-            for run in plan_runs(table, options)]
-
-
-def _execute(job: RunJob) -> JobResult:
-    try:
-        return job()
-    except Exception as err:  # a failed run is reported; the others go on
-        return JobResult(FAILED, str(err))
-
-
-def launch_local(table: Table, options: RunnerOptions, parallel: int, gpus_per_run: int = 1,
-                 say: Say = print) -> dict[tuple[str, int], JobResult]:
-    """Train the table's unfinished runs, ``parallel`` at a time, on this machine.
-
-    Returns:
-        (configuration, seed) -> what each job did.
-
-    Raises:
-        ValueError: bad --parallel/--gpus-per-run (see :func:`local_slots`).
-    """
-    options = replace(options, precision=resolve_precision(options.precision))
-    slots = local_slots(parallel, gpus_per_run, torch.cuda.device_count(),
-                        os.cpu_count() or 1)
-    pending = _jobs(table, options, max(1, gpus_per_run), "local")
-    teacher_of = {(j.config, j.seed): j.planned().teacher for j in pending}
-    results: dict[tuple[str, int], JobResult] = {}
-    running: dict[Future, tuple[RunJob, dict[str, str]]] = {}
-
-    def waiting_for_teacher(job: RunJob) -> bool:
-        teacher = teacher_of[(job.config, job.seed)]
-        return teacher is not None and (teacher.config.name, teacher.seed) not in results
-
-    with ThreadPoolExecutor(len(slots)) as pool:
-        while pending or running:
-            for job in [j for j in pending if not waiting_for_teacher(j)]:
-                if not slots:
-                    break
-                pending.remove(job)
-                slot = slots.pop(0)
-                job = replace(job, env=slot)
-                share = ", ".join(f"{k}={v}" for k, v in slot.items())
-                say(f"{job.config} seed {job.seed}: started ({share}), log "
-                    f"{job.planned().log_path}")
-                running[pool.submit(_execute, job)] = (job, slot)
-            if not running:  # only students whose teachers never ran: impossible by planning
-                raise RuntimeError("the local launcher has runs waiting for unplanned teachers")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                job, slot = running.pop(future)
-                slots.append(slot)
-                result = future.result()
-                results[(job.config, job.seed)] = result
-                tail = f" in {result.seconds:.0f} s" if result.seconds else ""
-                say(f"{job.config} seed {job.seed}: {result.status}{tail}"
-                    + (f" ({result.detail})" if result.detail else ""))
-    rewrite_table(table, options)
-    return results
 
 
 @dataclass(frozen=True)
@@ -240,7 +135,7 @@ def slurm_precision(options: RunnerOptions, slurm: SlurmOptions) -> RunnerOption
 
 def slurm_jobs(table: Table, options: RunnerOptions, slurm: SlurmOptions) -> list[RunJob]:
     """Every run of ``table`` as the job the Slurm launcher submits for it."""
-    return _jobs(table, options, slurm.tasks, "slurm")
+    return table_jobs(table, options, slurm.tasks, "slurm")
 
 
 def _submit(executor, jobs: list[RunJob], dependency: str | None) -> list[str]:
@@ -348,5 +243,4 @@ def wait_for_jobs(ids: dict[str, str], table: Table, options: RunnerOptions,
     return sum(result.outcome(r).status != FINISHED for r in result.runs)
 
 
-__all__ = ["SlurmOptions", "launch_local", "launch_slurm", "local_slots", "slurm_jobs",
-           "slurm_precision", "wait_for_jobs"]
+__all__ = ["SlurmOptions", "launch_slurm", "slurm_jobs", "slurm_precision", "wait_for_jobs"]
