@@ -198,6 +198,7 @@ setup(
         # it); CPU users need it only to run the kernel through Triton's interpreter (tests).
         "triton": ["triton; platform_system == 'Linux'"],
         "tensorboard": ["tensorboard"],  # --tensorboard
+        "cluster": ["submitit>=1.5"],  # python -m one_fast.experiments --launcher slurm
         "dev": [
             "pytest",
             "pytest-benchmark",
@@ -208,6 +209,7 @@ setup(
             "scikit-learn",
             "tensorboard",
             "triton; platform_system == 'Linux'",  # the interpreter tests of the Triton kernel
+            "submitit>=1.5",  # the launcher tests (local executor; a real Slurm in .ci/run)
         ],
         "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
         "onnx": ["onnx", "onnxscript", "onnxruntime"],  # export --format onnx, and running it
