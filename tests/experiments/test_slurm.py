@@ -1,12 +1,14 @@
 """The Slurm launcher against a real Slurm (CI starts one with ``tools/slurm_ci.sh start``).
 
-Skipped, with the reason, where there is no ``sbatch`` or no controller answers. The runs are the
+Skipped, with the reason, where there is no ``sbatch`` or no controller answers -- unless
+``ONE_FAST_SLURM_REQUIRED=1`` (CI's Slurm stage), where that is an error instead. The runs are the
 tiny digits table (ResNet-8, 1-4 epochs) on a one-node cluster of this machine's CPUs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -33,8 +35,11 @@ def _slurm_reason() -> str | None:
     return None
 
 
+_NO_SLURM = _slurm_reason()
+if _NO_SLURM is not None and os.environ.get("ONE_FAST_SLURM_REQUIRED") == "1":
+    pytest.fail(f"ONE_FAST_SLURM_REQUIRED=1 but {_NO_SLURM}", pytrace=False)
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(_slurm_reason() is not None, reason=str(_slurm_reason()))]
+              pytest.mark.skipif(_NO_SLURM is not None, reason=str(_NO_SLURM))]
 CPU = SlurmOptions(gpus_per_run=0, time_min=10)
 
 
