@@ -121,7 +121,12 @@ def branch(model: nn.Module | Callable[[], nn.Module], *, at: str | None,
         raise ValueError(f"at={at!r}: the gate's input width cannot be read off the first "
                          f"layer after it (a Conv, Linear or norm layer states it); {SUPPORTED}")
     branches = stack_heads(head, _head_states(head, models, m))
+    gate_module = None
+    if gate == "one" and m > 1:
+        like = next((p for p in template.parameters() if p.is_floating_point()), None)
+        gate_module = ONEGate(width, m)
+        if like is not None:
+            gate_module.to(device=like.device, dtype=like.dtype)
     return OwnBranchedNetwork(
-        trunk=trunk, branches=branches, template=template, num_branches=m,
-        gate=ONEGate(width, m) if gate == "one" and m > 1 else None, num_classes=num_classes,
-        at=at)
+        trunk=trunk, branches=branches, template=template, num_branches=m, gate=gate_module,
+        num_classes=num_classes, at=at)

@@ -30,9 +30,11 @@ class _ScopeTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.module_scope = ""
+        self.calls: dict[str, int] = {}  # module path -> times its forward ran
 
     def call_module(self, m, forward, args, kwargs):
         outer, self.module_scope = self.module_scope, self.path_of_module(m)
+        self.calls[self.module_scope] = self.calls.get(self.module_scope, 0) + 1
         try:
             return super().call_module(m, forward, args, kwargs)
         finally:
@@ -62,15 +64,16 @@ class Split:
     num_classes: int | None
 
 
-def trace(model: nn.Module) -> fx.Graph:
-    """The model's forward as an fx graph whose nodes say which module created them.
+def trace(model: nn.Module) -> tuple[fx.Graph, dict[str, int]]:
+    """The model's forward as an fx graph whose nodes say which module created them, and how
+    many times each module ran.
 
     Raises:
         ValueError: the model does not trace, naming the construct fx stopped at.
     """
     tracer = _ScopeTracer()
     try:
-        return tracer.trace(model)
+        return tracer.trace(model), tracer.calls
     except Exception as err:  # fx raises TraceError, TypeError, NameError, RuntimeError ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{type(model).__name__} does not trace with torch.fx "
@@ -147,15 +150,15 @@ def split(model: nn.Module, at: str) -> Split:
     if at not in modules:
         raise ValueError(f"at={at!r} names no submodule of {type(model).__name__}; its "
                          f"top-level children: {top_level_children(model)}")
-    graph = trace(model)
+    graph, calls = trace(model)
     nodes = list(graph.nodes)
     start = next((k for k, n in enumerate(nodes) if _inside(n, at)), None)
     if start is None:
         raise ValueError(f"at={at!r}: {type(model).__name__}.forward never runs that module; "
                          f"name a module the forward calls")
     trunk_nodes, head_nodes = nodes[:start], nodes[start:]
-    runs = sum(1 for k, n in enumerate(nodes)
-               if _inside(n, at) and (k == 0 or not _inside(nodes[k - 1], at)))
+    runs = max(calls.get(at, 0), sum(1 for k, n in enumerate(nodes) if _inside(n, at) and (
+        k == 0 or not _inside(nodes[k - 1], at))))
     if runs > 1:
         raise ValueError(f"at={at!r}: the module is used {runs} times in forward; the branches "
                          f"must start at a module that runs once")

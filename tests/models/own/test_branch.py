@@ -1,0 +1,272 @@
+"""branch(model, at=...): batched branches equal the loop, the student comes back as the user's
+class, and bad input is refused with the problem named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from one_fast import ONELoss
+from one_fast.export import extract_branch, extract_ensemble
+from one_fast.models import OwnBranchedNetwork, branch
+
+from .zoo import MobileNetLike, ResNet, mobilenet, resnet
+
+# (factory of a float64 model without dropout, where its branches start, image size)
+MODELS = {
+    "resnet-layer4": (lambda: resnet(num_classes=5).double(), "layer4", 32),
+    "resnet-layer3": (lambda: resnet(num_classes=5).double(), "layer3", 32),
+    "mobilenet-features.3": (lambda: mobilenet(num_classes=5, dropout=0.0).double(),
+                             "features.3", 32),
+}
+
+
+def images(size: int, n: int = 6) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, dtype=torch.float64) * 2 + 0.5
+
+
+def loss_of(logits: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """A scalar that reaches every logit and gate value with a different weight."""
+    weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)
+    return (weights * logits).sum() + (logits.square().sum() + gate.cos().sum()) / 7
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batched_equals_the_loop(name, m, training):
+    """vmap over the stacked heads == one branch after another: outputs, every gradient and
+    every buffer (BatchNorm running statistics and counters) after the step, float64."""
+    factory, at, size = MODELS[name]
+    batched = branch(factory, at=at, num_branches=m)
+    with torch.no_grad():  # statistics near the data's, so eval mode reads real ones
+        for _ in range(40):
+            batched.train()(images(size))
+    batched.train(training)
+    before = {k: t.clone() for k, t in batched.named_buffers()}
+    looped = copy.deepcopy(batched)
+    looped.batched = False
+    x = images(size)
+    out_b, out_l = batched(x), looped(x)
+    assert out_b[0].shape == (6, m, 5) and out_b[1].shape == (6, m)
+    for got, expected in zip(out_b, out_l, strict=True):
+        torch.testing.assert_close(got, expected)
+    loss_of(*out_b).backward()
+    loss_of(*out_l).backward()
+    for (key, p), q in zip(batched.named_parameters(), looped.parameters(), strict=True):
+        assert p.grad is not None and p.grad.abs().sum() > 0, key
+        torch.testing.assert_close(p.grad, q.grad, msg=key)
+    moved = 0
+    for (key, a), b in zip(batched.named_buffers(), looped.buffers(), strict=True):
+        torch.testing.assert_close(a, b, msg=key)
+        moved += key.startswith("branches") and not torch.equal(a, before[key])
+    assert moved if training else not moved  # the branches' statistics moved in train mode
+
+
+def test_each_branch_is_the_model_with_that_branch_s_weights():
+    """Branch i of the batched forward is the user's model run with the trunk and head i."""
+    made = []
+
+    def factory():
+        made.append(resnet(num_classes=4).double())
+        return made[-1]
+
+    net = branch(factory, at="layer3", num_branches=3).eval()
+    assert len(made) == 3  # one call per branch: each head initialised as the model does
+    x = images(32)
+    logits, gate = net(x)
+    for i, model in enumerate(made):
+        own = copy.deepcopy(made[0])  # trunk of the first, head of model i
+        own.layer3, own.layer4, own.fc = model.layer3, model.layer4, model.fc
+        torch.testing.assert_close(logits[:, i], own.eval()(x))
+    torch.testing.assert_close(gate.sum(1), torch.ones(6, dtype=torch.float64))
+
+
+def test_state_dict_keys_are_the_model_s_own_names():
+    net = branch(lambda: resnet(num_classes=4), at="layer4", num_branches=3)
+    keys = net.state_dict()
+    assert "trunk.conv1.weight" in keys and "trunk.layer3.conv2.weight" in keys
+    assert keys["branches.layer4.conv1.weight"].shape == (3, 64, 32, 3, 3)
+    assert keys["branches.fc.bias"].shape == (3, 4)
+    assert {k.split(".")[0] for k in keys} == {"trunk", "branches", "gate"}
+    assert {k for k in keys if k.startswith("gate")} >= {"gate.fc.weight", "gate.bn.running_mean"}
+    assert not any(k.startswith("trunk.layer4") or k.startswith("trunk.fc") for k in keys)
+
+
+def test_a_module_is_copied_then_perturbed_and_left_alone():
+    model = resnet(num_classes=4)
+    before = copy.deepcopy(model.state_dict())
+    net = branch(model, at="layer4", num_branches=3)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the user's model is not modified
+    heads = net.state_dict()
+    w = heads["branches.layer4.conv1.weight"]
+    assert torch.equal(w[0], before["layer4.conv1.weight"])  # branch 0: the model's own head
+    for i in (1, 2):  # the others differ by about PERTURBATION of the weights' spread
+        relative = ((w[i] - w[0]).std() / w[0].std()).item()
+        assert 0.05 < relative < 0.2, relative
+    torch.testing.assert_close(heads["branches.layer4.bn1.weight"][2],
+                               before["layer4.bn1.weight"], rtol=0, atol=0)
+
+
+def test_dropout_is_independent_per_branch():
+    """randomness="different": branches with equal weights drop different units in train mode
+    and agree in eval mode."""
+    net = branch(lambda: mobilenet(num_classes=5, dropout=0.5), at="features.4", num_branches=3)
+    with torch.no_grad():
+        for tensor in net.branch_tensors().values():
+            tensor.copy_(tensor[:1].expand_as(tensor))  # every branch = branch 0
+    x = torch.randn(8, 3, 32, 32)
+    for batched in (True, False):
+        net.batched = batched
+        logits = net.train()(x)[0]
+        assert not torch.allclose(logits[:, 0], logits[:, 1])
+        assert not torch.allclose(logits[:, 1], logits[:, 2])
+        logits = net.eval()(x)[0]
+        torch.testing.assert_close(logits[:, 0], logits[:, 2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_student_is_the_user_s_class(name):
+    factory, at, size = MODELS[name]
+    net = branch(factory, at=at, num_branches=3)
+    net.train()(images(size))  # move BatchNorm statistics off their initial values
+    net.eval()
+    x = images(size)
+    expected = net(x)[0]
+    for i in range(3):
+        student = extract_branch(net, i)
+        assert type(student) in (ResNet, MobileNetLike) and not student.training
+        torch.testing.assert_close(student(x), expected[:, i])
+        fresh = factory()
+        fresh.load_state_dict(student.state_dict(), strict=True)
+        torch.testing.assert_close(fresh.eval()(x), expected[:, i])
+    ensemble = extract_ensemble(net)
+    logits, gate = net(x)
+    torch.testing.assert_close(ensemble(x), torch.einsum("nm,nmc->nc", gate, logits).float())
+    torch.testing.assert_close(copy.deepcopy(net)(x)[0], expected)
+
+
+def test_share_stem_false_is_m_whole_models():
+    net = branch(lambda: resnet(num_classes=3).double(), at=None, share_stem=False,
+                 num_branches=2)
+    assert {k.split(".")[0] for k in net.state_dict()} == {"branches", "gate"}
+    looped = copy.deepcopy(net)
+    looped.batched = False
+    x = images(32)
+    for got, expected in zip(net(x), looped(x), strict=True):
+        torch.testing.assert_close(got, expected)
+    student = extract_branch(net.eval(), 1)
+    torch.testing.assert_close(student(x), net(x)[0][:, 1])
+
+
+def test_gates():
+    x = torch.randn(4, 3, 32, 32)
+    uniform = branch(lambda: resnet(), at="layer4", num_branches=4, gate=None)
+    torch.testing.assert_close(uniform(x)[1], torch.full((4, 4), 0.25))
+    assert not any(k.startswith("gate") for k in uniform.state_dict())
+    single = branch(lambda: resnet(), at="layer4", num_branches=1)
+    torch.testing.assert_close(single(x)[1], torch.ones(4, 1))
+    gated = branch(lambda: resnet(), at="layer4", num_branches=3)
+    assert gated.gate.fc.in_features == 32  # the channels entering layer4
+
+
+def test_a_plain_loop_with_one_loss_lowers_the_loss():
+    torch.manual_seed(1)
+    net = branch(lambda: resnet(num_classes=4, width=4, stem_stride=1), at="layer4")
+    criterion = ONELoss(temperature=3.0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
+    losses = []
+    for _ in range(8):
+        logits, gate = net(x)
+        loss = criterion(logits, gate, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+class TwiceUsed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.block = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = self.block(self.block(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class SharedAcross(TwiceUsed):
+    def forward(self, x):
+        x = self.block(self.conv(x))
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class Untraceable(TwiceUsed):
+    def forward(self, x):
+        x = self.conv(x)
+        if x.sum() > 0:  # control flow on a tensor's value
+            x = self.block(x)
+        return self.fc(x.mean((2, 3)))
+
+
+class SkipFromInput(TwiceUsed):
+    def forward(self, x):
+        return self.fc((self.block(self.conv(x)) + x).mean((2, 3)))
+
+
+class Features(TwiceUsed):
+    def forward(self, x):
+        return self.block(self.conv(x))  # (N, C, H, W), not logits
+
+
+class Pair(TwiceUsed):
+    def forward(self, x):
+        out = self.fc(self.block(self.conv(x)).mean((2, 3)))
+        return out, out
+
+
+@pytest.mark.parametrize("model, at, message", [
+    (TwiceUsed(), "nothing", r"at='nothing' names no submodule of TwiceUsed; its top-level "
+                             r"children: conv, block, fc"),
+    (TwiceUsed(), "", "at must name a submodule"),
+    (TwiceUsed(), "block", "used 2 times in forward"),
+    (SharedAcross(), "block", r"conv.bias, conv.weight are used both before and after"),
+    (Untraceable(), "block", r"Untraceable does not trace with torch.fx \(TraceError: symbolically"),
+    (SkipFromInput(), "block", r"2 values do \(x \(the input\), conv"),
+    (Pair(), "fc", "forward returns tuple, not one logits tensor"),
+], ids=["at-nothing", "at-empty", "used-twice", "shared-across", "untraceable", "input-skip",
+        "tuple-output"])
+def test_bad_models_are_refused_naming_the_problem(model, at, message):
+    with pytest.raises(ValueError, match=message):
+        branch(model, at=at)
+
+
+def test_logits_of_the_wrong_shape_are_refused_at_the_first_forward():
+    net = branch(Features(), at="block", num_branches=2, gate=None)
+    with pytest.raises(ValueError, match=r"must return logits \(N, C\) for N = 2 images; its "
+                                         r"head returned \(2, 3, 8, 8\)"):
+        net(torch.randn(2, 3, 8, 8))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_branches must be a positive int"):
+        branch(resnet(), at="layer4", num_branches=0)
+    with pytest.raises(ValueError, match="gate must be 'one'"):
+        branch(resnet(), at="layer4", gate="mean")
+    with pytest.raises(ValueError, match="share_stem=False shares nothing"):
+        branch(resnet(), at="layer4", share_stem=False)
+    with pytest.raises(ValueError, match="must build an nn.Module, it returned int"):
+        branch(lambda: 3, at="layer4")
+    with pytest.raises(ValueError, match="nn.Module or a function"):
+        branch("resnet", at="layer4")
+    assert isinstance(branch(resnet(), at="layer4"), OwnBranchedNetwork)
