@@ -125,7 +125,10 @@ def extract_branch(model: BranchedNetwork | OwnBranchedNetwork, i: int) -> nn.Mo
         ValueError: ``i`` out of range, or a model this package did not build.
     """
     if isinstance(model, OwnBranchedNetwork):
-        return model.extract(i)
+        student = model.extract(i)
+        if hasattr(model, "arch"):  # built by the trainer: what export records in its file
+            student.one_fast_built_from = (model.arch, dict(model.arch_options), 1)
+        return student
     if not isinstance(model, BranchedNetwork):
         plain_network(model)  # raises, naming what is accepted
     state = model.branch_state_dict(i)  # validates i
@@ -135,7 +138,26 @@ def extract_branch(model: BranchedNetwork | OwnBranchedNetwork, i: int) -> nn.Mo
     return PlainNetwork(plain, "member")
 
 
-def extract_ensemble(model: BranchedNetwork | OwnBranchedNetwork, method: str | Method = "one") -> PlainNetwork:
+def built_from(module: nn.Module) -> tuple[str, dict, int]:
+    """(arch, arch options, number of branches) of an extracted member or ensemble: how to
+    build its network again (``create_model``, or ``create_own_model`` for ``module:`` archs).
+
+    Raises:
+        ValueError: a module whose network does not record how it was built.
+    """
+    if isinstance(module, PlainNetwork):
+        network = module.network
+        if hasattr(network, "arch") and hasattr(network, "arch_options"):
+            return network.arch, dict(network.arch_options), network.num_branches
+    elif hasattr(module, "one_fast_built_from"):
+        arch, options, m = module.one_fast_built_from
+        return arch, dict(options), m
+    raise ValueError(f"{type(module).__name__} does not record how its network was built "
+                     f"(networks from create_model or the trainer do)")
+
+
+def extract_ensemble(model: BranchedNetwork | OwnBranchedNetwork,
+                     method: str | Method = "one") -> PlainNetwork:
     """The whole network as one module returning its ensemble's (N, C) output.
 
     Args:
@@ -164,4 +186,9 @@ def extract_ensemble(model: BranchedNetwork | OwnBranchedNetwork, method: str | 
     if model.num_branches < 2:
         raise ValueError(f"an ensemble needs m >= 2 branches, the model has "
                          f"{model.num_branches}")
-    return PlainNetwork(copy.deepcopy(model), "ensemble", method)
+    ensemble = PlainNetwork(copy.deepcopy(model), "ensemble", method)
+    if isinstance(model, OwnBranchedNetwork):
+        # Through vmap torch.export (torch 2.13) fixes the batch size; the loop computes the
+        # same numbers and exports with a dynamic batch.
+        ensemble.network.batched = False
+    return ensemble

@@ -89,9 +89,9 @@ def create_own_model(arch: str, *, branch_at: str | None,
     """
     kwargs = dict(arch_kwargs or {})
     if share_stem and not branch_at:
+        children = ", ".join(n for n, _ in build_own_model(arch, kwargs).named_children())
         raise ValueError(f"--arch {arch} needs --branch-at NAME, the submodule where the "
-                         f"branches start; the model's top-level children: "
-                         f"{', '.join(n for n, _ in build_own_model(arch, kwargs).named_children())}")
+                         f"branches start; the model's top-level children: {children}")
     try:
         network = branch(lambda: build_own_model(arch, kwargs), at=branch_at if share_stem
                          else None, num_branches=num_branches, gate="one" if gate else None,

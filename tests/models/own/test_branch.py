@@ -241,7 +241,7 @@ class Pair(TwiceUsed):
     (TwiceUsed(), "", "at must name a submodule"),
     (TwiceUsed(), "block", "used 2 times in forward"),
     (SharedAcross(), "block", r"conv.bias, conv.weight are used both before and after"),
-    (Untraceable(), "block", r"Untraceable does not trace with torch.fx \(TraceError: symbolically"),
+    (Untraceable(), "block", r"Untraceable does not trace with torch.fx \(TraceError: "),
     (SkipFromInput(), "block", r"2 values do \(x \(the input\), conv"),
     (Pair(), "fc", "forward returns tuple, not one logits tensor"),
 ], ids=["at-nothing", "at-empty", "used-twice", "shared-across", "untraceable", "input-skip",
