@@ -110,10 +110,12 @@ def branch(model: nn.Module | Callable[[], nn.Module], *, at: str | None,
         raise ValueError(f"model must be an nn.Module or a function building one, got "
                          f"{type(model).__name__}")
     template = models[0]
+    eval_trunk = eval_head = None
     if share_stem:
         parts = split(template, at)
         trunk, head = parts.trunk, parts.head
         width, num_classes = parts.width, parts.num_classes
+        eval_trunk, eval_head = parts.eval_trunk, parts.eval_head
     else:
         trunk, head = None, template
         width, num_classes = _first_width(template), None
@@ -129,4 +131,4 @@ def branch(model: nn.Module | Callable[[], nn.Module], *, at: str | None,
             gate_module.to(device=like.device, dtype=like.dtype)
     return OwnBranchedNetwork(
         trunk=trunk, branches=branches, template=template, num_branches=m, gate=gate_module,
-        num_classes=num_classes, at=at)
+        num_classes=num_classes, at=at, eval_trunk=eval_trunk, eval_head=eval_head)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.func import functional_call, vmap
 
 from .gate import ONEGate
@@ -65,7 +65,8 @@ class OwnBranchedNetwork(nn.Module):
 
     def __init__(self, *, trunk: nn.Module | None, branches: nn.Module, template: nn.Module,
                  num_branches: int, gate: ONEGate | None, num_classes: int | None,
-                 at: str | None) -> None:
+                 at: str | None, eval_trunk: fx.GraphModule | None = None,
+                 eval_head: fx.GraphModule | None = None) -> None:
         super().__init__()
         self.trunk = trunk
         self.branches = branches
@@ -78,29 +79,41 @@ class OwnBranchedNetwork(nn.Module):
         # class and the layers the forward does not run, for extract_branch. Its trunk
         # modules are this network's trunk modules.
         self.__dict__["template"] = template
+        # The eval-mode code where tracing fixed a `self.training` branch differently (None:
+        # the same code). It runs the modules above (the trunk's, and the stacked heads'
+        # under the same names), so it is kept outside the module tree too.
+        eval_branches = None if eval_head is None else fx.GraphModule(branches, eval_head.graph)
+        self.__dict__["eval_parts"] = (None if eval_trunk is None and eval_head is None else
+                                       (eval_trunk or trunk, eval_branches or branches))
 
     @property
     def share_stem(self) -> bool:
         """Whether anything is shared (False: m whole copies of the model)."""
         return self.trunk is not None
 
-    def _branch(self, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.branches, tensors, (x,))
+    def _parts(self) -> tuple[nn.Module | None, nn.Module]:
+        """(trunk, heads) to run in the current mode."""
+        if self.training or self.eval_parts is None:
+            return self.trunk, self.branches
+        return self.eval_parts
 
     def branch_tensors(self) -> dict[str, torch.Tensor]:
         """Every stacked (m, ...) parameter and buffer of the branches, by name."""
         return {**dict(self.branches.named_parameters()), **dict(self.branches.named_buffers())}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = self.trunk(x) if self.trunk is not None else x
+        trunk, heads = self._parts()
+        shared = trunk(x) if trunk is not None else x
         n, m = x.shape[0], self.num_branches
         gate = self.gate(shared) if self.gate is not None else x.new_full((n, m), 1.0 / m)
         tensors = self.branch_tensors()
+        def run(head_tensors: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+            return functional_call(heads, head_tensors, (features,))
+
         if self.batched:
-            logits = vmap(self._branch, in_dims=(0, None), randomness="different")(
-                tensors, shared)
+            logits = vmap(run, in_dims=(0, None), randomness="different")(tensors, shared)
         else:
-            logits = torch.stack([self._branch({k: t[i] for k, t in tensors.items()}, shared)
+            logits = torch.stack([run({k: t[i] for k, t in tensors.items()}, shared)
                                   for i in range(m)])
         if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[1] != n:
             shape = tuple(logits.shape[1:]) if isinstance(logits, torch.Tensor) else type(

@@ -12,31 +12,57 @@ with the model's own submodules, under their own names (``layer4.0.conv1``), in 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
-SUPPORTED = ("what is supported: a model that torch.fx can trace (no Python control flow on "
-             "tensor values), whose forward passes one tensor into the module named by `at` "
-             "and returns one logits tensor (N, C)")
+from .randomness import draw_per_branch
+
+SUPPORTED = ("what is supported: a model whose forward torch.fx can trace (no Python control "
+             "flow on tensor values there; submodules fx cannot trace run whole), that passes "
+             "one tensor into the module named by `at` and returns one logits tensor (N, C) "
+             "(or a mapping holding it under 'logits')")
 _SCOPE = "one_fast_scope"
 
 
 class _ScopeTracer(fx.Tracer):
     """An fx tracer that tags every node with the path of the module being run (``""``: the
-    model's own forward)."""
+    model's own forward), counts each module's calls, treats the modules in ``leaves`` as
+    single calls, and remembers the innermost module whose tracing failed."""
 
-    def __init__(self) -> None:
+    def __init__(self, leaves: frozenset[str]) -> None:
         super().__init__()
+        self.leaves = leaves
         self.module_scope = ""
         self.calls: dict[str, int] = {}  # module path -> times its forward ran
+        self.failed_in: str | None = None
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        # The model is traced as called with its input alone: its other arguments keep their
+        # defaults (Hugging Face's labels=None, return_dict=None, **kwargs), and a decorated
+        # forward (@can_return_tuple, which only reshapes what is returned) runs undecorated.
+        forward = inspect.unwrap(root_fn)
+
+        def called_with_input(self, x):
+            return forward(self, x)
+
+        return super().create_args_for_root(called_with_input, is_module, concrete_args)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(
+            m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         outer, self.module_scope = self.module_scope, self.path_of_module(m)
         self.calls[self.module_scope] = self.calls.get(self.module_scope, 0) + 1
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.module_scope
+            raise
         finally:
             self.module_scope = outer
 
@@ -56,28 +82,61 @@ class Split:
         width: channels (features) of the tensor entering the head, when the head's first layer
             states it (Conv's in_channels, Linear's in_features, a norm's width), else None.
         num_classes: logits per image when the last layer states it, else None.
+        eval_trunk, eval_head: the same cut traced in eval mode, where it differs from train
+            mode's (same modules, other code), else None.
     """
 
     trunk: fx.GraphModule
     head: fx.GraphModule
     width: int | None
     num_classes: int | None
+    eval_trunk: fx.GraphModule | None = None
+    eval_head: fx.GraphModule | None = None
 
 
-def trace(model: nn.Module) -> tuple[fx.Graph, dict[str, int]]:
-    """The model's forward as an fx graph whose nodes say which module created them, and how
-    many times each module ran.
+@dataclass
+class Traced:
+    """A traced forward: the graph, each module's number of calls, and the submodules run as
+    single calls because fx cannot trace inside them (path -> why)."""
+
+    graph: fx.Graph
+    calls: dict[str, int]
+    opaque: dict[str, str]
+
+
+# Submodules that may be run whole before tracing gives up (each costs one more trace).
+MAX_OPAQUE = 16
+
+
+def _reason(err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def trace(model: nn.Module) -> Traced:
+    """The model's forward as an fx graph whose nodes say which module created them.
+
+    A submodule whose own forward does not trace (a shape check such as Hugging Face's
+    ``if num_channels != self.num_channels``) is run as one call instead and the model traced
+    again, innermost first; only the model's own forward must trace.
 
     Raises:
-        ValueError: the model does not trace, naming the construct fx stopped at.
+        ValueError: the model's own forward (or too many submodules) does not trace, naming the
+            construct fx stopped at.
     """
-    tracer = _ScopeTracer()
-    try:
-        return tracer.trace(model), tracer.calls
-    except Exception as err:  # fx raises TraceError, TypeError, NameError, RuntimeError ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{type(model).__name__} does not trace with torch.fx "
-                         f"({type(err).__name__}: {first}); {SUPPORTED}") from None
+    opaque: dict[str, str] = {}
+    while True:
+        tracer = _ScopeTracer(frozenset(opaque))
+        try:
+            return Traced(tracer.trace(model), tracer.calls, opaque)
+        except Exception as err:  # fx raises TraceError, TypeError, NameError, RuntimeError ...
+            where = tracer.failed_in
+            if not where or where in opaque or len(opaque) >= MAX_OPAQUE:
+                place = (f"in {type(model).__name__}.forward itself" if not where else
+                         f"in {where} ({type(model.get_submodule(where)).__name__}.forward)")
+                raise ValueError(f"{type(model).__name__} does not trace with torch.fx "
+                                 f"({_reason(err)}, {place}); {SUPPORTED}") from None
+            opaque[where] = _reason(err)
 
 
 def top_level_children(model: nn.Module) -> str:
@@ -105,12 +164,15 @@ _OUT_WIDTH = ("out_features", "out_channels")
 
 
 def _input_width(head: fx.GraphModule) -> int | None:
+    """The width entering the head, as its first layer states it: a layer reading the input
+    directly, else the first layer the head runs (a ConvNeXt stage's norm runs as functions
+    before its convolution, whose in_channels is that width)."""
     source = next(n for n in head.graph.nodes if n.op == "placeholder")
-    for user in source.users:
-        if user.op == "call_module":
-            width = _stated(head.get_submodule(user.target), _IN_WIDTH)
-            if width is not None:
-                return width
+    layers = [n for n in head.graph.nodes if n.op == "call_module"]
+    for node in sorted(layers, key=lambda n: source not in n.all_input_nodes):
+        width = _stated(head.get_submodule(node.target), _IN_WIDTH)
+        if width is not None:
+            return width
     return None
 
 
@@ -136,6 +198,10 @@ def _tensors(module: nn.Module) -> dict[int, str]:
 def split(model: nn.Module, at: str) -> Split:
     """Cut ``model`` into trunk and head where the submodule ``at`` starts.
 
+    The model is traced in train mode and in eval mode: Python branches on ``self.training``
+    (stochastic depth's ``if not self.training: return x``) are fixed when tracing, so where the
+    two differ the eval-mode graphs are kept too (``Split.eval_trunk``, ``Split.eval_head``).
+
     Raises:
         ValueError: ``at`` names no submodule (the top-level children are listed) or one the
             forward never runs; the model does not trace; more than one value (or the model's
@@ -150,8 +216,26 @@ def split(model: nn.Module, at: str) -> Split:
     if at not in modules:
         raise ValueError(f"at={at!r} names no submodule of {type(model).__name__}; its "
                          f"top-level children: {top_level_children(model)}")
-    graph, calls = trace(model)
-    nodes = list(graph.nodes)
+    was_training = model.training
+    try:
+        trunk, head = _cut(model.train(), at)
+        eval_trunk, eval_head = _cut(model.eval(), at)
+    finally:
+        model.train(was_training)
+    same = trunk.code == eval_trunk.code and head.code == eval_head.code
+    return Split(trunk=trunk, head=head, width=_input_width(head),
+                 num_classes=_output_width(head), eval_trunk=None if same else eval_trunk,
+                 eval_head=None if same else eval_head)
+
+
+def _cut(model: nn.Module, at: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """(trunk, head) of the model traced in its current mode; the checks of :func:`split`."""
+    traced = trace(model)
+    calls, nodes = traced.calls, list(traced.graph.nodes)
+    for path, why in traced.opaque.items():
+        if at.startswith(path + "."):
+            raise ValueError(f"at={at!r} is inside {path}, which torch.fx cannot trace "
+                             f"through ({why}); name {path} or a module outside it")
     start = next((k for k, n in enumerate(nodes) if _inside(n, at)), None)
     if start is None:
         raise ValueError(f"at={at!r}: {type(model).__name__}.forward never runs that module; "
@@ -174,8 +258,12 @@ def split(model: nn.Module, at: str) -> Split:
                          f"the trunk into the rest of the network; {len(crossing)} values do "
                          f"({names}); {SUPPORTED}")
     boundary = crossing[0]
-    output = head_nodes[-1]
+    output = head_nodes.pop()
     result = output.args[0]
+    if isinstance(result, dict) and isinstance(result.get("logits"), fx.Node):
+        result = result["logits"]  # a ModelOutput (Hugging Face): its logits
+    elif isinstance(result, (tuple, list)) and len(result) == 1:
+        result = result[0]
     if not isinstance(result, fx.Node):
         raise ValueError(f"{type(model).__name__}.forward returns "
                          f"{type(result).__name__}, not one logits tensor (N, C); {SUPPORTED}")
@@ -193,11 +281,15 @@ def split(model: nn.Module, at: str) -> Split:
             env[node] = head_graph.node_copy(node)
     for node in head_nodes:
         env[node] = head_graph.node_copy(node, lambda n: env[n])
+    head_graph.output(env[result])
     trunk = fx.GraphModule(model, trunk_graph, class_name="Trunk")
     head = fx.GraphModule(model, head_graph, class_name="Head")
     trunk.graph.eliminate_dead_code()  # what only the head needed (nothing, in most models)
-    trunk.recompile()
-    trunk.delete_all_unused_submodules()
+    draw_per_branch(head.graph)  # each vmapped branch its own random draws
+    head.graph.eliminate_dead_code()  # outputs other than the logits
+    for part in (trunk, head):
+        part.recompile()
+        part.delete_all_unused_submodules()
 
     in_trunk = _tensors(trunk)
     both = sorted({name for key, name in _tensors(head).items() if key in in_trunk})
@@ -205,5 +297,4 @@ def split(model: nn.Module, at: str) -> Split:
         raise ValueError(f"at={at!r}: {', '.join(both[:4])} {'is' if len(both) == 1 else 'are'} "
                          f"used both before and after the branches start (a module or weight "
                          f"used twice in forward); the branches must own their weights")
-    return Split(trunk=trunk, head=head, width=_input_width(head),
-                 num_classes=_output_width(head))
+    return trunk, head

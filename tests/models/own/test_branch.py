@@ -13,6 +13,7 @@ from one_fast import ONELoss
 from one_fast.export import extract_branch, extract_ensemble
 from one_fast.models import OwnBranchedNetwork, branch
 
+from .equality import assert_batched_equals_loop
 from .zoo import MobileNetLike, ResNet, mobilenet, resnet
 
 # (factory of a float64 model without dropout, where its branches start, image size)
@@ -28,12 +29,6 @@ def images(size: int, n: int = 6) -> torch.Tensor:
     return torch.randn(n, 3, size, size, dtype=torch.float64) * 2 + 0.5
 
 
-def loss_of(logits: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """A scalar that reaches every logit and gate value with a different weight."""
-    weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)
-    return (weights * logits).sum() + (logits.square().sum() + gate.cos().sum()) / 7
-
-
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("m", [1, 2, 3])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -41,29 +36,8 @@ def test_batched_equals_the_loop(name, m, training):
     """vmap over the stacked heads == one branch after another: outputs, every gradient and
     every buffer (BatchNorm running statistics and counters) after the step, float64."""
     factory, at, size = MODELS[name]
-    batched = branch(factory, at=at, num_branches=m)
-    with torch.no_grad():  # statistics near the data's, so eval mode reads real ones
-        for _ in range(40):
-            batched.train()(images(size))
-    batched.train(training)
-    before = {k: t.clone() for k, t in batched.named_buffers()}
-    looped = copy.deepcopy(batched)
-    looped.batched = False
-    x = images(size)
-    out_b, out_l = batched(x), looped(x)
-    assert out_b[0].shape == (6, m, 5) and out_b[1].shape == (6, m)
-    for got, expected in zip(out_b, out_l, strict=True):
-        torch.testing.assert_close(got, expected)
-    loss_of(*out_b).backward()
-    loss_of(*out_l).backward()
-    for (key, p), q in zip(batched.named_parameters(), looped.parameters(), strict=True):
-        assert p.grad is not None and p.grad.abs().sum() > 0, key
-        torch.testing.assert_close(p.grad, q.grad, msg=key)
-    moved = 0
-    for (key, a), b in zip(batched.named_buffers(), looped.buffers(), strict=True):
-        torch.testing.assert_close(a, b, msg=key)
-        moved += key.startswith("branches") and not torch.equal(a, before[key])
-    assert moved if training else not moved  # the branches' statistics moved in train mode
+    assert_batched_equals_loop(branch(factory, at=at, num_branches=m), lambda: images(size),
+                               training)
 
 
 def test_each_branch_is_the_model_with_that_branch_s_weights():
@@ -148,6 +122,56 @@ def test_the_student_is_the_user_s_class(name):
     logits, gate = net(x)
     torch.testing.assert_close(ensemble(x), torch.einsum("nm,nmc->nc", gate, logits).float())
     torch.testing.assert_close(copy.deepcopy(net)(x)[0], expected)
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's, line for line: the residual branch is dropped per sample in train mode
+    only (a Python branch on self.training, which tracing fixes), its mask drawn in place."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival_rate = 1.0 - self.p
+        noise = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device)
+        noise = noise.bernoulli_(survival_rate)  # in place, into a tensor made here
+        if survival_rate > 0.0:
+            noise.div_(survival_rate)
+        return x * noise
+
+
+class DeepResidual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.drop = StochasticDepth(0.5)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.drop(self.block(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_code_that_depends_on_the_mode_follows_it():
+    """Traced in train mode, stochastic depth would stay on in eval mode: the eval-mode trace
+    runs there. Per branch in train mode, off (deterministic, == the user's model) in eval."""
+    net = branch(DeepResidual(), at="block", num_branches=2, gate=None)
+    with torch.no_grad():
+        for tensor in net.branch_tensors().values():
+            tensor.copy_(tensor[:1].expand_as(tensor))
+    x = torch.randn(16, 3, 8, 8)
+    for batched in (True, False):
+        net.batched = batched
+        logits = net.train()(x)[0]
+        assert not torch.allclose(logits[:, 0], logits[:, 1])
+        logits = net.eval()(x)[0]
+        torch.testing.assert_close(logits[:, 1], logits[:, 0], rtol=0, atol=0)
+        torch.testing.assert_close(logits[:, 0], extract_branch(net, 0)(x))
 
 
 def test_share_stem_false_is_m_whole_models():
