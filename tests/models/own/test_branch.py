@@ -294,3 +294,40 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="nn.Module or a function"):
         branch("resnet", at="layer4")
     assert isinstance(branch(resnet(), at="layer4"), OwnBranchedNetwork)
+
+
+def stochastic_depth(input, p, mode, training=True):
+    """torchvision.ops.stochastic_depth, line for line (torchvision does not load beside the
+    CPU torch here); fx-wrapped under its module's name as torchvision wraps it."""
+    if not training or p == 0.0:
+        return input
+    survival_rate = 1.0 - p
+    size = [input.shape[0]] + [1] * (input.ndim - 1) if mode == "row" else [1] * input.ndim
+    noise = torch.empty(size, dtype=input.dtype, device=input.device)
+    noise = noise.bernoulli_(survival_rate)
+    if survival_rate > 0.0:
+        noise.div_(survival_rate)
+    return input * noise
+
+
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"
+torch.fx.wrap("stochastic_depth")
+
+
+class WrappedDepth(DeepResidual):
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + stochastic_depth(self.block(x), 0.5, "row", self.training)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_torchvision_s_fx_wrapped_stochastic_depth_draws_per_branch():
+    net = branch(WrappedDepth(), at="block", num_branches=2, gate=None)
+    with torch.no_grad():
+        for tensor in net.branch_tensors().values():
+            tensor.copy_(tensor[:1].expand_as(tensor))
+    x = torch.randn(16, 3, 8, 8)
+    logits = net.train()(x)[0]  # vmap: in place, the draw would be refused
+    assert not torch.allclose(logits[:, 0], logits[:, 1])
+    logits = net.eval()(x)[0]
+    torch.testing.assert_close(logits[:, 0], extract_branch(net, 1)(x), rtol=0, atol=0)
