@@ -18,7 +18,12 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
     pytest.mark.usefixtures("no_tf32"),  # exact float32: the paths differ in summation order
 ]
-models = pytest.importorskip("torchvision.models", reason="needs torchvision")
+if not torch.cuda.is_available():  # before importing torchvision: a CPU torch breaks it
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+try:
+    from torchvision import models
+except Exception as err:  # ImportError, or torchvision built for another torch
+    pytest.skip(f"needs torchvision ({type(err).__name__}: {err})", allow_module_level=True)
 
 # name -> (where the branches start, input size)
 CASES = {
