@@ -331,3 +331,19 @@ def test_torchvision_s_fx_wrapped_stochastic_depth_draws_per_branch():
     assert not torch.allclose(logits[:, 0], logits[:, 1])
     logits = net.eval()(x)[0]
     torch.testing.assert_close(logits[:, 0], extract_branch(net, 1)(x), rtol=0, atol=0)
+
+
+def test_costs_count_the_wrapped_network_and_its_student():
+    """FLOPs of a wrapped model on the meta device: the student (the user's class) costs what
+    the user's model costs, the ensemble adds m - 1 heads (cheap: layer4 runs at 1x1 here)
+    and the gate."""
+    from one_fast.costs import inference_flops, model_costs
+
+    costs = model_costs(lambda m: branch(lambda: resnet(num_classes=4), at="layer4",
+                                         num_branches=m), 3, (3, 32, 32))
+    plain = inference_flops(resnet(num_classes=4), (3, 32, 32))
+    assert costs.student_flops == plain < costs.ensemble_flops < 3 * plain
+    assert costs.student_params == sum(p.numel() for p in resnet(num_classes=4).parameters())
+    assert costs.train_flops > 2 * costs.ensemble_flops
+    student = extract_branch(branch(resnet(num_classes=4), at="layer4").eval(), 0)
+    assert inference_flops(student, (3, 32, 32)) == plain
