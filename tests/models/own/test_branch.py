@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from one_fast import ONELoss
+from one_fast.costs import inference_flops, model_costs
 from one_fast.export import extract_branch, extract_ensemble
 from one_fast.models import OwnBranchedNetwork, branch
 
@@ -337,8 +338,6 @@ def test_costs_count_the_wrapped_network_and_its_student():
     """FLOPs of a wrapped model on the meta device: the student (the user's class) costs what
     the user's model costs, the ensemble adds m - 1 heads (cheap: layer4 runs at 1x1 here)
     and the gate."""
-    from one_fast.costs import inference_flops, model_costs
-
     costs = model_costs(lambda m: branch(lambda: resnet(num_classes=4), at="layer4",
                                          num_branches=m), 3, (3, 32, 32))
     plain = inference_flops(resnet(num_classes=4), (3, 32, 32))
