@@ -11,7 +11,8 @@ from torch import nn
 from ..network import check_bool, check_positive_int
 from .gate import ONEGate
 from .network import OwnBranchedNetwork, stack_heads
-from .split import SUPPORTED, split
+from .split import split
+from .tracing import SUPPORTED
 
 # Relative size of the noise that makes copied heads differ (see branch()).
 PERTURBATION = 0.1
