@@ -213,5 +213,8 @@ setup(
         ],
         "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
         "onnx": ["onnx", "onnxscript", "onnxruntime"],  # export --format onnx, and running it
+        # Tests of branch() on Hugging Face vision models (tests/models/own/test_transformers.py
+        # skips without it; no weights are downloaded).
+        "hf": ["transformers"],
     },
 )

@@ -34,6 +34,7 @@ from torch import nn
 from ..files import atomic_write
 from ..methods import create_method
 from ..models import create_model
+from ..models.own import build_own_model, create_own_model, is_own_arch
 from .extract import PlainNetwork
 from .inputs import InputSpec
 
@@ -133,7 +134,7 @@ def _batch_dim():
     return {"x": {0: torch.export.Dim("batch", min=1)}}
 
 
-def _serialise(module: PlainNetwork, fmt: str, example: torch.Tensor, meta_text: str) -> bytes:
+def _serialise(module: nn.Module, fmt: str, example: torch.Tensor, meta_text: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "pt2":
         program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim())
@@ -180,7 +181,16 @@ def _detect_format(data: bytes, where: str) -> str:
     raise ValueError(f"{where}: not an exported model (pt2, onnx, torchscript or state_dict)")
 
 
-def _rebuild(state: dict, meta: dict) -> PlainNetwork:
+def _rebuild(state: dict, meta: dict) -> nn.Module:
+    if is_own_arch(meta["arch"]):  # a network of the user's own (--arch module:...)
+        options = meta["arch_options"]
+        if meta["member"] != "ensemble":  # the student is the user's own class
+            student = build_own_model(meta["arch"], options["arch_kwargs"])
+            student.load_state_dict(state, strict=True)
+            return student.eval()
+        network = create_own_model(meta["arch"], num_branches=meta["num_branches"], **options)
+        network.load_state_dict(state, strict=True)
+        return PlainNetwork(network, "ensemble", create_method(meta["method"]))
     network = create_model(meta["arch"], num_classes=meta["inputs"]["num_classes"],
                            num_branches=meta["num_branches"], **meta["arch_options"])
     network.arch, network.arch_options = meta["arch"], dict(meta["arch_options"])
@@ -269,7 +279,7 @@ def verify(module: nn.Module, loaded: ExportedModel, example: torch.Tensor) -> f
     return float((got - expected).abs().max()) if got.numel() else 0.0
 
 
-def export_module(module: PlainNetwork, fmt: str, out: str | os.PathLike, meta: dict,
+def export_module(module: nn.Module, fmt: str, out: str | os.PathLike, meta: dict,
                   example: torch.Tensor) -> tuple[Path, float]:
     """Export ``module`` to ``out`` in format ``fmt``, after checking the file reproduces it.
 
@@ -277,7 +287,8 @@ def export_module(module: PlainNetwork, fmt: str, out: str | os.PathLike, meta: 
     ``example``; only then is it written (atomically: ``out`` is either untouched or complete).
 
     Args:
-        module: an extracted member or ensemble (CPU, eval mode).
+        module: an extracted member or ensemble (CPU, eval mode): a :class:`PlainNetwork`, or
+            a member of a ``--arch module:...`` network as the user's own class.
         fmt: one of :data:`FORMATS`.
         out: the file to write.
         meta: JSON-ready description stored in the file; must hold "arch", "arch_options",
