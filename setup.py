@@ -46,9 +46,23 @@ def _visible(line: str) -> None:
         pass
 
 
+# pip runs this file once per PEP 517 hook: egg_info (build requirements), dist_info (metadata),
+# then the build (editable_wheel or bdist_wheel). Only a build builds the kernel, so only a build
+# gives the notice: once per install, not three times.
+BUILD_COMMANDS = frozenset({"build", "build_ext", "bdist_wheel", "editable_wheel", "develop",
+                            "install", "bdist_egg"})
+
+
+def _building() -> bool:
+    """Whether this invocation builds (a command of BUILD_COMMANDS is on the command line)."""
+    return any(arg in BUILD_COMMANDS for arg in sys.argv[1:])
+
+
 def _notice(message: str) -> None:
     if REQUIRED:
         raise RuntimeError(f"one_fast native extension: {message} (ONE_FAST_NATIVE_REQUIRED=1)")
+    if not _building():
+        return
     _visible(f"one_fast: native C++ kernel NOT built: {message}; the package works without it "
              f"(backend='native' and the fused CPU loss are unavailable)")
 
@@ -184,6 +198,7 @@ setup(
         # it); CPU users need it only to run the kernel through Triton's interpreter (tests).
         "triton": ["triton; platform_system == 'Linux'"],
         "tensorboard": ["tensorboard"],  # --tensorboard
+        "cluster": ["submitit>=1.5"],  # python -m one_fast.experiments --launcher slurm
         "dev": [
             "pytest",
             "pytest-benchmark",
@@ -194,8 +209,12 @@ setup(
             "scikit-learn",
             "tensorboard",
             "triton; platform_system == 'Linux'",  # the interpreter tests of the Triton kernel
+            "submitit>=1.5",  # the launcher tests (local executor; a real Slurm in .ci/run)
         ],
         "imagenet": ["nvidia-dali-cuda130"],  # the ImageNet input pipeline (GPU JPEG decoding)
         "onnx": ["onnx", "onnxscript", "onnxruntime"],  # export --format onnx, and running it
+        # Tests of branch() on Hugging Face vision models (tests/models/own/test_transformers.py
+        # skips without it; no weights are downloaded).
+        "hf": ["transformers"],
     },
 )

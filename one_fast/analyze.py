@@ -25,6 +25,7 @@ from .analysis import (
     plot_perturbation,
 )
 from .data.errors import DatasetNotFoundError
+from .data.imagenet import DaliNotInstalledError
 from .engine.checkpoint import CheckpointError
 from .files import atomic_write
 from .runs import load_analysed_run
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         analyze(args)
-    except (FileNotFoundError, CheckpointError, DatasetNotFoundError, ValueError) as err:
+    except (FileNotFoundError, CheckpointError, DatasetNotFoundError, DaliNotInstalledError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -15,13 +15,14 @@ import sys
 
 import torch
 
-from .data import DatasetNotFoundError, DeviceLoader
+from .data import DatasetNotFoundError
+from .data.imagenet import DaliNotInstalledError
 from .engine.breakdown import mean_loss_terms, per_class_accuracy
 from .engine.checkpoint import CheckpointError
 from .engine.evaluation import Evaluator
 from .engine.metrics import read_metrics
 from .engine.schedule import kl_weight
-from .runs import LoadedRun, load_run
+from .runs import LoadedRun, eval_loader, load_run
 from .runs.assembly import autocast_dtype, training_module
 
 
@@ -58,15 +59,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _loader(run: LoadedRun, split: str, batch_size: int, device: torch.device) -> DeviceLoader:
-    """The split unaugmented, in order, every image once (the trainer's test loader)."""
-    data = run.dataset
-    images, labels = ((data.test_images, data.test_labels) if split == "test"
-                      else (data.train_images, data.train_labels))
-    return DeviceLoader(images, labels, batch_size, device=device, mean=data.mean, std=data.std,
-                        augment=False, pad=0, flip=False, seed=run.config.seed, drop_last=False)
-
-
 def last_test_record(run_dir) -> dict | None:
     """The last ``metrics.jsonl`` record holding test accuracies, or None."""
     try:
@@ -89,11 +81,8 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
         "loss_terms": {term: mean}, "kl_weight" (with loss)}``.
     """
     device = torch.device(device)
-    batch_size = batch_size or run.config.batch_size
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    loader = eval_loader(run, split, batch_size, device)
     run.model.to(device)
-    loader = _loader(run, split, batch_size, device)
     evaluator = Evaluator(run.model, run.method, amp_dtype=autocast_dtype(run.config, device))
     accuracy = evaluator(loader.eval_batches())
     recorded = None
@@ -133,11 +122,13 @@ def format_result(result: dict) -> str:
         lines.append(f"loss terms (distillation weight {result['kl_weight']:g}): {terms}")
     if "per_class" in result:
         names = list(result["per_class"])
-        lines.append("per class: " + " ".join(f"{n:>9}" for n in names))
+        # Class names in full up to 24 characters (ImageNet's wnids are 9: n01440764).
+        width = min(max([8, *(len(label) for label in result["class_names"])]), 24)
+        lines.append(f"{'per class:':<{width + 2}} " + " ".join(f"{n:>9}" for n in names))
         for k, label in enumerate(result["class_names"]):
             cells = [result["per_class"][n][k] for n in names]
             text = " ".join(f"{'-':>9}" if c is None else f"{100 * c:8.2f}%" for c in cells)
-            lines.append(f"  {label[:8]:<8} {text}")
+            lines.append(f"  {label[:width]:<{width}} {text}")
     return "\n".join(lines)
 
 
@@ -149,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.run_dir, device, data_dir=args.data_dir)
         result = evaluate_run(run, args.split, args.batch_size, device, args.per_class,
                               args.loss)
-    except (ValueError, FileNotFoundError, CheckpointError, DatasetNotFoundError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
+            DaliNotInstalledError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else format_result(result))

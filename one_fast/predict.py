@@ -4,10 +4,13 @@
     python -m one_fast.predict runs/digits batch.npy --member ensemble
 
 MODEL is a file written by ``python -m one_fast.export`` (any format; it carries the input
-size, normalisation and class names) or a run folder (``--member`` picks a branch or the
-ensemble). IMAGES are PNG/JPEG files (grey or RGB, of the training image size unless
-``--resize``), normalised as the training data were, or ``.npy`` batches (uint8 pixels
-(N, C, H, W) or (N, H, W, C), or float arrays already normalised).
+size, normalisation and class names, and holds the one member it was exported with) or a run
+folder (``--member`` picks a branch or the ensemble). IMAGES are PNG/JPEG files (grey or RGB,
+of the training image size unless ``--resize``), normalised as the training data were, or
+``.npy`` batches (N, C, H, W) or (N, H, W, C) of uint8 pixels (0-255) or float pixels in
+[0, 1] (torchvision's ``ToTensor`` convention), normalised here too; ``--normalized`` takes
+float batches already normalised with the run's mean and std as they are. Float values outside
+[0, 1] without ``--normalized`` are refused.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="exported file (python -m one_fast.export) or run folder")
     parser.add_argument("images", nargs="+", help="PNG/JPEG files and/or .npy batches")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image")
-    parser.add_argument("--member", default="0",
-                        help="with a run folder: branch index (default 0) or 'ensemble'")
+    parser.add_argument("--member", default=None,
+                        help="with a run folder: branch index (default 0) or 'ensemble' (an "
+                             "exported file holds the one member it was exported with)")
     parser.add_argument("--resize", action="store_true",
                         help="resize images of another size to the training size (bilinear)")
+    parser.add_argument("--normalized", action="store_true",
+                        help="float .npy batches are already normalised with the run's mean "
+                             "and std (default: float values are pixels in [0, 1], as "
+                             "torchvision's ToTensor gives; uint8 values are 0-255 pixels)")
     parser.add_argument("--data-dir", default=None,
                         help="with a run folder: where its dataset is, if the run has no "
                              "inputs.json (runs of older versions)")
@@ -44,22 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model(path: Path, member: str, data_dir: str | None):
+def _model(path: Path, member: str | None, data_dir: str | None):
     """(function images -> (N, C) outputs, InputSpec, description) for a file or a run."""
     if path.is_dir():
+        member = "0" if member is None else member
         run = load_run(path, "cpu", data_dir=data_dir, load_data=False)
         module = select(run.model, run.method, parse_member(member))
         return module, run.inputs, f"{'ensemble' if member == 'ensemble' else 'branch ' + member}" \
             f" of {path}"
     exported = load_exported(path)
-    meta = exported.meta
-    what = "ensemble" if meta.get("member") == "ensemble" else f"branch {meta.get('member')}"
+    held = exported.meta.get("member")
+    what = "ensemble" if held == "ensemble" else f"branch {held}"
+    if member is not None and parse_member(member) != held:
+        raise ValueError(f"--member {member}: {path} is an exported file, which holds one "
+                         f"member ({what}); export member {member} from its run folder "
+                         f"(python -m one_fast.export RUN_DIR --member {member}), or predict "
+                         f"with the run folder itself")
     return exported.run, exported.inputs, f"{what} exported to {path} ({exported.format})"
 
 
 @torch.no_grad()
-def predict(run, spec: InputSpec, images: list[str], top_k: int,
-            resize: bool = False) -> list[dict]:
+def predict(run, spec: InputSpec, images: list[str], top_k: int, resize: bool = False,
+            normalized: bool = False) -> list[dict]:
     """Top-k predictions for each input row.
 
     Args:
@@ -68,6 +82,7 @@ def predict(run, spec: InputSpec, images: list[str], top_k: int,
         images: image files and .npy batches.
         top_k: classes per row (1 .. number of classes).
         resize: resize images of another size.
+        normalized: float ``.npy`` batches are already normalised (see :func:`read_inputs`).
 
     Returns:
         One ``{"input": name, "top": [{"class": k, "name": ..., "probability": p}, ...]}`` per
@@ -75,7 +90,7 @@ def predict(run, spec: InputSpec, images: list[str], top_k: int,
     """
     if not 1 <= top_k <= spec.num_classes:
         raise ValueError(f"--top-k must be in 1..{spec.num_classes}, got {top_k}")
-    x, labels = read_inputs(images, spec, resize)
+    x, labels = read_inputs(images, spec, resize, normalized)
     probabilities = torch.softmax(run(x).float(), dim=1)
     values, indices = probabilities.topk(top_k, dim=1)
     return [{"input": label,
@@ -89,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run, spec, what = _model(Path(args.model), args.member, args.data_dir)
-        rows = predict(run, spec, args.images, args.top_k, args.resize)
+        rows = predict(run, spec, args.images, args.top_k, args.resize,
+                       args.normalized)
     except (ValueError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
             ExportError) as err:
         print(f"error: {err}", file=sys.stderr)

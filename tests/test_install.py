@@ -18,14 +18,32 @@ def python(code: str) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
 
 
+def _notices(*argv: str) -> list[str]:
+    """The 'native C++ kernel' lines setup.py prints, run with ``argv`` and torch hidden (as
+    pip's build isolation hides it)."""
+    result = python(f"import sys; sys.modules['torch'] = None; sys.argv = ['setup.py', "
+                    f"*{list(argv)!r}]; exec(open('setup.py').read())")
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stderr.splitlines() if "native C++ kernel" in line]
+
+
 def test_build_without_torch_says_how_to_build_the_native_kernel():
     """pip's build isolation hides torch from setup.py: the build must say so, in one line."""
-    result = python("import sys; sys.modules['torch'] = None; "
-                    "sys.argv = ['setup.py', '--name']; exec(open('setup.py').read())")
-    assert result.returncode == 0, result.stderr
-    notice = [line for line in result.stderr.splitlines() if "native C++ kernel" in line]
-    assert len(notice) == 1, result.stderr
+    notice = _notices("editable_wheel", "--help")
+    assert len(notice) == 1, notice
     assert "NOT built" in notice[0] and "pip install --no-build-isolation -e ." in notice[0]
+
+
+def test_the_notice_is_printed_once_per_install():
+    """pip runs setup.py once per PEP 517 hook (egg_info, dist_info, then the build): only the
+    build prints the notice, so an install shows it once, not three times."""
+    editable = [_notices(*hook, "--help") for hook in (["egg_info"], ["dist_info"],
+                                                       ["editable_wheel"])]
+    wheel = [_notices(*hook, "--help") for hook in (["egg_info"], ["dist_info"],
+                                                    ["bdist_wheel"])]
+    assert [len(n) for n in editable] == [0, 0, 1]
+    assert [len(n) for n in wheel] == [0, 0, 1]
+    assert _notices("--name") == []
 
 
 def test_cpu_paths_work_without_triton():

@@ -140,3 +140,18 @@ def test_documented_commands_write_only_under_runs():
                for path in re.findall(r"--out(?:-dir)? (\S+)", arguments)
                if not path.startswith("runs/")]
     assert not outside, outside
+
+
+def test_the_readme_names_every_extra_and_installs_them_keeping_the_native_kernel():
+    """Each extra of setup.py is named in the README's Extras paragraph, and every documented
+    install of an extra keeps --no-build-isolation (without it pip rebuilds in isolation and
+    drops the native kernel)."""
+    setup = (ROOT / "setup.py").read_text()
+    extras = re.findall(r'^\s+"(\w+)": \[', setup[setup.index("extras_require"):], flags=re.M)
+    assert {"triton", "tensorboard", "dev", "imagenet", "onnx"} <= set(extras), extras
+    extras_paragraph = README[README.index("Extras:"):]
+    extras_paragraph = extras_paragraph[:extras_paragraph.index("\n\n")]
+    assert [e for e in extras if f"`[{e}]`" not in extras_paragraph] == []
+    installs = [line for page in PAGES for line in page.read_text().splitlines()
+                if re.search(r"pip install [^`]*-e \S*\.\[", line)]
+    assert installs and [i for i in installs if "--no-build-isolation" not in i] == []

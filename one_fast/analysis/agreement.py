@@ -62,8 +62,15 @@ def branch_agreement(outputs: MemberOutputs) -> dict[str, object]:
     }
 
 
-def plot_agreement(result: dict[str, object], path: str | Path, title: str) -> Path:
-    """Heat maps of pairwise disagreement (%) and correlation; written atomically as PNG."""
+# Each map's full range: a map with one value everywhere (members that always agree) is shown
+# on it, instead of matplotlib's +-0.1 around that value.
+FULL_RANGE = {"disagreement": (0.0, 100.0), "correlation": (-1.0, 1.0)}
+
+
+def agreement_figure(result: dict[str, object], title: str):
+    """The matplotlib Figure of :func:`plot_agreement`: heat maps of pairwise disagreement (%)
+    and correlation, coloured over the data's range (the measure's full range when the map
+    holds one value)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -75,9 +82,11 @@ def plot_agreement(result: dict[str, object], path: str | Path, title: str) -> P
     for k, (key, label, scale) in enumerate(panels, 1):
         ax = fig.add_subplot(1, 2, k)
         values = [[v * scale for v in row] for row in result[key]]
-        image = ax.imshow(values, cmap="viridis")
+        low, high = min(min(row) for row in values), max(max(row) for row in values)
+        if high - low < 1e-6 * scale:  # one value up to rounding (correlations of 1 - 6e-8)
+            low, high = FULL_RANGE[key]
+        image = ax.imshow(values, cmap="viridis", vmin=low, vmax=high)
         fig.colorbar(image, ax=ax, fraction=0.046)
-        low, high = image.get_clim()
         for i in range(m):
             for j in range(m):
                 bright = values[i][j] > (low + high) / 2  # viridis is light at the top
@@ -89,7 +98,13 @@ def plot_agreement(result: dict[str, object], path: str | Path, title: str) -> P
     fig.suptitle(f"{title}\nprobability variance across members "
                  f"{result['probability_variance']:.3g}", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_agreement(result: dict[str, object], path: str | Path, title: str) -> Path:
+    """Heat maps of pairwise disagreement (%) and correlation; written atomically as PNG."""
+    fig = agreement_figure(result, title)
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
-__all__ = ["branch_agreement", "plot_agreement"]
+__all__ = ["agreement_figure", "branch_agreement", "plot_agreement"]

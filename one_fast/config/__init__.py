@@ -7,6 +7,7 @@ imported by run assembly and the commands; the engine never reads it.
 
 from .checks import validate_config, validate_model_fields
 from .from_flags import apply_method_requirements, config_from_flags, run_dir_of, scale_schedule
+from .own_arch import arch_kwargs
 from .presets import PRESETS
 from .schema import (
     ARCH_OPTION_FIELDS,
@@ -23,6 +24,6 @@ from .schema import (
 )
 
 __all__ = ["ARCH_OPTION_FIELDS", "GROUPS", "INVOCATION_FIELDS", "MODEL_FIELDS", "PRESETS",
-           "Range", "TrainConfig", "apply_method_requirements", "config_from_dict",
+           "Range", "TrainConfig", "apply_method_requirements", "arch_kwargs", "config_from_dict",
            "config_from_flags", "config_to_dict", "flag_name", "option", "run_dir_of",
            "scale_schedule", "show_value", "validate_config", "validate_model_fields"]

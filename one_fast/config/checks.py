@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..methods import METHODS
-from ..models.factory import ARCHS
+from ..models.factory import ARCHS, LAYOUTS
+from ..models.own import is_own_arch
+from .own_arch import validate_own_arch
 from .schema import ARCH_OPTION_FIELDS, TrainConfig, flag_name, show_value
 
 
@@ -20,6 +22,8 @@ def validate_config(config: TrainConfig) -> None:
         within, choices = f.metadata.get("within"), f.metadata.get("choices")
         if value is None and f.default is None:
             continue
+        if f.name == "arch" and is_own_arch(value):
+            continue  # a user's own network (module:...): validate_own_arch checks it
         if choices is not None and value not in choices:
             raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
         if within is not None:
@@ -41,6 +45,10 @@ def validate_config(config: TrainConfig) -> None:
 
 def validate_model_fields(config: TrainConfig) -> None:
     """Check that the arch, its options and the method agree; ValueError naming the flag."""
+    validate_own_arch(config)
+    if is_own_arch(config.arch):
+        _validate_method(config)
+        return
     takes = ARCHS[config.arch].options
     for name in ARCH_OPTION_FIELDS:
         value = getattr(config, name)
@@ -55,6 +63,14 @@ def validate_model_fields(config: TrainConfig) -> None:
     if not config.share_stem and config.shared_stages != 0:
         raise ValueError("--no-share-stem needs --shared-stages 0 (a per-branch stem cannot "
                          "feed a shared stage)")
+    _validate_method(config)
+
+
+def _validate_method(config: TrainConfig) -> None:
+    layout = METHODS[config.method].layout
+    if layout != "one" and config.arch not in LAYOUTS[layout]:
+        raise ValueError(f"--method {config.method} builds its own branch layout of --arch "
+                         f"{', '.join(LAYOUTS[layout])} only, got --arch {config.arch}")
     METHODS[config.method]().check(num_branches=config.num_branches,
                                    shared_stages=config.shared_stages,
                                    share_stem=config.share_stem, gate=config.gate)

@@ -120,8 +120,18 @@ class TrainConfig:
     arch: str = option(
         "resnet", "model",
         "Network architecture (CIFAR: resnet, wrn, resnext29, densenet_bc; ImageNet: resnet18, "
-        "resnext50_32x4d); its options are the flags below, each taken by some archs only.",
+        "resnext50_32x4d); its options are the flags below, each taken by some archs only. Or "
+        "your own network: module:PACKAGE.MODULE:FACTORY, an importable function building it "
+        "(e.g. module:torchvision.models:resnet18), with --branch-at and --arch-kwargs.",
         choices=tuple(ARCHS))
+    branch_at: str | None = option(
+        None, "model",
+        "--arch module:...: the submodule where the branches start (e.g. layer4): the model up "
+        "to it is the shared trunk, it and the rest are copied per branch.")
+    arch_kwargs: str | None = option(
+        None, "model",
+        "--arch module:...: the factory's keyword arguments as a JSON object, e.g. "
+        "'{\"num_classes\": 10}'.")
     depth: int | None = option(None, "model", "Depth of the network.", within=Range(2),
                                arch_option=True)
     block: str | None = option(None, "model", "Residual block.",
@@ -252,7 +262,8 @@ class TrainConfig:
 # The fields that are options of some archs (None: the arch's default).
 ARCH_OPTION_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata["arch_option"])
 # Model- and data-shaping fields a checkpoint must agree on before it can be resumed.
-MODEL_FIELDS = ("dataset", "svhn_extra", "image_size", "arch", *ARCH_OPTION_FIELDS,
+MODEL_FIELDS = ("dataset", "svhn_extra", "image_size", "arch", "branch_at", "arch_kwargs",
+                *ARCH_OPTION_FIELDS,
                 "num_branches", "shared_stages", "share_stem", "gate", "synthetic_classes",
                 "method")
 # Fields that say where and how this invocation runs, never taken from a resumed checkpoint.

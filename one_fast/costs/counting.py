@@ -119,11 +119,14 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the model and check it returns (logits (N, m, C), gate (N, m))."""
+    """Run the model and check it returns (logits (N, m, C), gate (N, m)); a plain classifier's
+    logits (N, C) (a student extracted as its own class) count as one member."""
     out = model(x)
+    if isinstance(out, torch.Tensor) and out.dim() == 2:
+        out = (out.unsqueeze(1), out.new_ones(out.shape[0], 1))
     if not (isinstance(out, tuple) and len(out) == 2
             and all(isinstance(t, torch.Tensor) for t in out)):
-        raise TypeError(f"the model's forward must return (logits, gate), got "
+        raise TypeError(f"the model's forward must return (logits, gate) or logits (N, C), got "
                         f"{type(out).__name__}")
     logits, gate = out
     n = x.shape[0]
@@ -167,8 +170,9 @@ def inference_flops(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)
     with m > 1 branches, the gated sum of the branch logits (the ONE-E prediction).
 
     Args:
-        model: a module whose ``forward(x)`` returns ``(logits (N, m, C), gate (N, m))``, on
-            any device (the meta device: shapes only).
+        model: a module whose ``forward(x)`` returns ``(logits (N, m, C), gate (N, m))`` (or a
+            plain classifier's logits (N, C): one member), on any device (the meta device:
+            shapes only).
         input_shape: (C, H, W) of one image.
 
     Returns:

@@ -35,6 +35,8 @@ class DatasetInfo:
         num_train, num_test: images in the whole training / test split (all ranks together).
         num_classes: classifier outputs.
         image_size: height = width of the batches.
+        class_names: one name per class where the data name them (ImageNet: the devkit's
+            words, else the wnids), None for the in-memory datasets (deploy knows theirs).
     """
 
     name: str
@@ -42,6 +44,7 @@ class DatasetInfo:
     num_test: int
     num_classes: int
     image_size: int
+    class_names: tuple[str, ...] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -97,7 +100,8 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
             layout, batch_size, device=device, seed=seed, image_size=size, rank=rank,
             world_size=world_size, shard_eval=True, num_threads=data_threads,
             prefetch=prefetch, channels_last=channels_last)
-        info = DatasetInfo(dataset, len(layout.train), len(layout.val), layout.num_classes, size)
+        info = DatasetInfo(dataset, len(layout.train), len(layout.val), layout.num_classes, size,
+                           class_names=layout.class_names)
         return train, test, info
     data = load_dataset(dataset, data_dir, download, synthetic_classes=synthetic_classes,
                         svhn_extra=svhn_extra,

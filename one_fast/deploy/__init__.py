@@ -8,7 +8,7 @@
 The commands ``python -m one_fast.export`` and ``python -m one_fast.predict`` compose these.
 """
 
-from .extract import PlainNetwork, extract_branch, extract_ensemble, plain_network
+from .extract import PlainNetwork, built_from, extract_branch, extract_ensemble, plain_network
 from .formats import (
     FORMATS,
     ExportedModel,
@@ -30,7 +30,8 @@ from .inputs import (
 from .release import describe, parse_member, select
 
 __all__ = [
-    "FORMATS", "ExportError", "ExportedModel", "InputSpec", "PlainNetwork", "class_names",
+    "FORMATS", "ExportError", "ExportedModel", "InputSpec", "PlainNetwork", "built_from",
+    "class_names",
     "describe", "export_module", "extract_branch", "extract_ensemble", "input_spec",
     "load_exported", "load_exported_bytes", "loader_input_spec", "parse_member",
     "plain_network", "read_input_spec", "read_inputs", "save_input_spec", "select", "verify",

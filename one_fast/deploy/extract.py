@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..methods import Method, create_method
-from ..models import BranchedNetwork, create_model
+from ..models import BranchedNetwork, OwnBranchedNetwork, create_model
 
 
 class PlainNetwork(nn.Module):
@@ -76,46 +76,61 @@ class PlainNetwork(nn.Module):
 def plain_network(model: BranchedNetwork) -> BranchedNetwork:
     """A fresh m = 1 network of ``model``'s architecture and options (random weights).
 
-    It is ``create_model(model.arch, num_classes=model.num_classes, num_branches=1,
-    **model.arch_options)`` -- the plain network, no gate, no branches batched together.
+    For a network from :func:`one_fast.models.create_model` it is ``create_model(model.arch,
+    num_classes=model.num_classes, num_branches=1, **model.arch_options)``; for one built
+    directly from an arch class (``ONEResNet(depth=20, ...)``), the same class with the same
+    arguments and ``num_branches=1`` -- the plain network, no gate, no branches batched together.
 
     Raises:
-        ValueError: ``model`` does not say how it was built (``model.arch``, set by
-            :func:`one_fast.models.create_model`).
+        ValueError: ``model`` is not a network this package builds.
     """
+    if not isinstance(model, BranchedNetwork):
+        raise ValueError(f"the model must be a network built by one_fast (create_model, an arch "
+                         f"class such as ONEResNet, or one_fast.models.branch); got "
+                         f"{type(model).__name__}")
     arch = getattr(model, "arch", None)
     options = getattr(model, "arch_options", None)
-    if not isinstance(model, BranchedNetwork) or arch is None or options is None:
-        raise ValueError("the model must be a network built by one_fast.models.create_model "
-                         f"(it records model.arch and model.arch_options); got "
-                         f"{type(model).__name__} without them")
+    if arch is None or options is None:
+        return model.with_branches(1)
     plain = create_model(arch, num_classes=model.num_classes, num_branches=1, **options)
     plain.arch, plain.arch_options = arch, dict(options)
     return plain
 
 
-def extract_branch(model: BranchedNetwork, i: int) -> PlainNetwork:
+def extract_branch(model: BranchedNetwork | OwnBranchedNetwork, i: int) -> nn.Module:
     """Branch (member) ``i`` of ``model`` as a plain single-branch network.
 
     The result runs the shared trunk (when there is one), branch i's stack and its classifier;
-    no gate, no other branch, no convolution grouped across branches. Its parameters are
-    exactly those of the m = 1 network of the same architecture, and ``result.state_dict()``
-    loads strictly into ``create_model(model.arch, num_classes=C, num_branches=1,
-    **model.arch_options)`` (that network is ``result.network``).
+    no gate, no other branch, no convolution grouped across branches.
+
+    For a network of :func:`one_fast.models.branch` (your own model made a ONE network) the
+    result is an instance of *your* class: a copy of your model holding the trunk's and branch
+    i's weights, whose ``state_dict`` loads strictly into a fresh instance of that class.
+    For the package's own networks it is a :class:`PlainNetwork` whose parameters are exactly
+    those of the m = 1 network of the same architecture: ``result.state_dict()`` loads strictly
+    into ``create_model(model.arch, num_classes=C, num_branches=1, **model.arch_options)``
+    (that network is ``result.network``).
 
     Args:
-        model: a multi-branch network from :func:`one_fast.models.create_model` (any arch,
-            any method: a ONE branch, or a dml/ensemble member).
+        model: a multi-branch network built by one_fast (``create_model``, an arch class such
+            as ``ONEResNet``, or ``branch``; any method: a ONE branch, or a dml/ensemble
+            member).
         i: branch index, 0 .. m - 1.
 
     Returns:
-        A :class:`PlainNetwork` in eval mode (a copy; ``model`` is untouched) whose
-        ``forward(x)`` gives logits (N, C) equal to ``model(x)[0][:, i]`` in eval mode (to
-        float32 rounding).
+        A module in eval mode (a copy; ``model`` is untouched) whose ``forward(x)`` gives
+        logits (N, C) equal to ``model(x)[0][:, i]`` in eval mode (to float32 rounding).
 
     Raises:
-        ValueError: ``i`` out of range, or a model that does not record its arch.
+        ValueError: ``i`` out of range, or a model this package did not build.
     """
+    if isinstance(model, OwnBranchedNetwork):
+        student = model.extract(i)
+        if hasattr(model, "arch"):  # built by the trainer: what export records in its file
+            student.one_fast_built_from = (model.arch, dict(model.arch_options), 1)
+        return student
+    if not isinstance(model, BranchedNetwork):
+        plain_network(model)  # raises, naming what is accepted
     state = model.branch_state_dict(i)  # validates i
     reference = next(model.parameters())
     plain = plain_network(model).to(device=reference.device, dtype=reference.dtype)
@@ -123,11 +138,31 @@ def extract_branch(model: BranchedNetwork, i: int) -> PlainNetwork:
     return PlainNetwork(plain, "member")
 
 
-def extract_ensemble(model: BranchedNetwork, method: str | Method = "one") -> PlainNetwork:
+def built_from(module: nn.Module) -> tuple[str, dict, int]:
+    """(arch, arch options, number of branches) of an extracted member or ensemble: how to
+    build its network again (``create_model``, or ``create_own_model`` for ``module:`` archs).
+
+    Raises:
+        ValueError: a module whose network does not record how it was built.
+    """
+    if isinstance(module, PlainNetwork):
+        network = module.network
+        if hasattr(network, "arch") and hasattr(network, "arch_options"):
+            return network.arch, dict(network.arch_options), network.num_branches
+    elif hasattr(module, "one_fast_built_from"):
+        arch, options, m = module.one_fast_built_from
+        return arch, dict(options), m
+    raise ValueError(f"{type(module).__name__} does not record how its network was built "
+                     f"(networks from create_model or the trainer do)")
+
+
+def extract_ensemble(model: BranchedNetwork | OwnBranchedNetwork,
+                     method: str | Method = "one") -> PlainNetwork:
     """The whole network as one module returning its ensemble's (N, C) output.
 
     Args:
-        model: a multi-branch network (m >= 2).
+        model: a multi-branch network built by one_fast (m >= 2; ``create_model``, an arch
+            class such as ``ONEResNet``, or ``branch``).
         method: the method the network was trained with, by name or as a
             :class:`~one_fast.methods.Method`. ``"one"``: ONE-E, the gated logits
             ``sum_i g_i z_i``. ``"dml"`` / ``"ensemble"``: the averaged-probability ensemble;
@@ -139,13 +174,21 @@ def extract_ensemble(model: BranchedNetwork, method: str | Method = "one") -> Pl
         loads strictly into ``model``).
 
     Raises:
-        ValueError: m < 2, or a method without an ensemble (baseline, kd).
+        ValueError: m < 2, a method without an ensemble (baseline, kd), or a model this
+            package did not build.
     """
     if isinstance(method, str):
         method = create_method(method)
     if not method.has_ensemble:
         raise ValueError(f"method {method.name!r} has no ensemble; extract a member instead")
+    if not isinstance(model, (BranchedNetwork, OwnBranchedNetwork)):
+        plain_network(model)  # raises, naming what is accepted
     if model.num_branches < 2:
         raise ValueError(f"an ensemble needs m >= 2 branches, the model has "
                          f"{model.num_branches}")
-    return PlainNetwork(copy.deepcopy(model), "ensemble", method)
+    ensemble = PlainNetwork(copy.deepcopy(model), "ensemble", method)
+    if isinstance(model, OwnBranchedNetwork):
+        # Through vmap torch.export (torch 2.13) fixes the batch size; the loop computes the
+        # same numbers and exports with a dynamic batch.
+        ensemble.network.batched = False
+    return ensemble

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -33,13 +34,15 @@ from torch import nn
 from ..files import atomic_write
 from ..methods import create_method
 from ..models import create_model
+from ..models.own import build_own_model, create_own_model, is_own_arch
 from .extract import PlainNetwork
 from .inputs import InputSpec
 
 FORMATS = ("pt2", "onnx", "torchscript", "state_dict")
 META_NAME = "one_fast.json"
 STATE_DICT_FORMAT = "one_fast.state_dict/1"
-ONNX_INSTALL = "pip install onnx onnxscript onnxruntime  (or: pip install -e \".[onnx]\")"
+ONNX_INSTALL = ("pip install onnx onnxscript onnxruntime  (or: pip install --no-build-isolation "
+                "-e \".[onnx]\")")
 # How far a re-loaded artefact may be from the in-memory module on the check batch: torch's
 # float32 defaults for the torch formats (same kernels, same order); ONNX Runtime runs its own
 # convolution kernels, whose float32 sums are ordered differently.
@@ -99,11 +102,39 @@ def _torchscript():
         yield
 
 
+# What torch.onnx.export says on every export that is not about this model: its registry skips
+# torchvision's operators when torchvision is not installed (this network uses none), and
+# torch's own pytree code trips its own deprecation. Anything else it says is shown.
+_ONNX_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+_EXPECTED_ONNX_LOG = "torchvision is not installed. Skipping "
+_EXPECTED_ONNX_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_EXPECTED_ONNX_LOG)
+
+
+@contextlib.contextmanager
+def _onnx_export_quiet():
+    """torch.onnx.export without its expected notices (see above); other lines pass."""
+    logger = logging.getLogger(_ONNX_REGISTRY_LOGGER)
+    dropper = _DropExpected()
+    logger.addFilter(dropper)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_EXPECTED_ONNX_WARNING,
+                                    category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(dropper)
+
+
 def _batch_dim():
     return {"x": {0: torch.export.Dim("batch", min=1)}}
 
 
-def _serialise(module: PlainNetwork, fmt: str, example: torch.Tensor, meta_text: str) -> bytes:
+def _serialise(module: nn.Module, fmt: str, example: torch.Tensor, meta_text: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "pt2":
         program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim())
@@ -117,9 +148,10 @@ def _serialise(module: PlainNetwork, fmt: str, example: torch.Tensor, meta_text:
                     "meta": meta_text}, buffer)
     else:
         onnx, _ = _onnx_modules()
-        program = torch.onnx.export(module, (example,), input_names=["x"],
-                                    output_names=["output"], dynamic_shapes=_batch_dim(),
-                                    dynamo=True, verbose=False)
+        with _onnx_export_quiet():
+            program = torch.onnx.export(module, (example,), input_names=["x"],
+                                        output_names=["output"], dynamic_shapes=_batch_dim(),
+                                        dynamo=True, verbose=False)
         proto = program.model_proto
         onnx.helper.set_model_props(proto, {META_NAME: meta_text})
         return proto.SerializeToString()
@@ -149,7 +181,16 @@ def _detect_format(data: bytes, where: str) -> str:
     raise ValueError(f"{where}: not an exported model (pt2, onnx, torchscript or state_dict)")
 
 
-def _rebuild(state: dict, meta: dict) -> PlainNetwork:
+def _rebuild(state: dict, meta: dict) -> nn.Module:
+    if is_own_arch(meta["arch"]):  # a network of the user's own (--arch module:...)
+        options = meta["arch_options"]
+        if meta["member"] != "ensemble":  # the student is the user's own class
+            student = build_own_model(meta["arch"], options["arch_kwargs"])
+            student.load_state_dict(state, strict=True)
+            return student.eval()
+        network = create_own_model(meta["arch"], num_branches=meta["num_branches"], **options)
+        network.load_state_dict(state, strict=True)
+        return PlainNetwork(network, "ensemble", create_method(meta["method"]))
     network = create_model(meta["arch"], num_classes=meta["inputs"]["num_classes"],
                            num_branches=meta["num_branches"], **meta["arch_options"])
     network.arch, network.arch_options = meta["arch"], dict(meta["arch_options"])
@@ -238,7 +279,7 @@ def verify(module: nn.Module, loaded: ExportedModel, example: torch.Tensor) -> f
     return float((got - expected).abs().max()) if got.numel() else 0.0
 
 
-def export_module(module: PlainNetwork, fmt: str, out: str | os.PathLike, meta: dict,
+def export_module(module: nn.Module, fmt: str, out: str | os.PathLike, meta: dict,
                   example: torch.Tensor) -> tuple[Path, float]:
     """Export ``module`` to ``out`` in format ``fmt``, after checking the file reproduces it.
 
@@ -246,7 +287,8 @@ def export_module(module: PlainNetwork, fmt: str, out: str | os.PathLike, meta: 
     ``example``; only then is it written (atomically: ``out`` is either untouched or complete).
 
     Args:
-        module: an extracted member or ensemble (CPU, eval mode).
+        module: an extracted member or ensemble (CPU, eval mode): a :class:`PlainNetwork`, or
+            a member of a ``--arch module:...`` network as the user's own class.
         fmt: one of :data:`FORMATS`.
         out: the file to write.
         meta: JSON-ready description stored in the file; must hold "arch", "arch_options",

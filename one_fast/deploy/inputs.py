@@ -124,14 +124,15 @@ def loader_input_spec(data: DatasetInfo, loader: ShardLoader,
     """The :class:`InputSpec` of networks trained from ``loader`` (what the trainer saves).
 
     Args:
-        data: the trainer's description of the dataset (name, class count).
+        data: the trainer's description of the dataset (name, class count, and ImageNet's
+            class names: the devkit's words, or the wnids without a devkit).
         loader: one of the run's loaders (image shape, normalisation statistics).
         data_dir: where CIFAR's files are (for its class names); None: no CIFAR names.
     """
     c, h, w = loader.image_shape
+    names = data.class_names or class_names(data.name, data_dir)
     return InputSpec(dataset=data.name, num_classes=data.num_classes, channels=c, height=h,
-                     width=w, mean=tuple(loader.mean), std=tuple(loader.std),
-                     class_names=class_names(data.name, data_dir))
+                     width=w, mean=tuple(loader.mean), std=tuple(loader.std), class_names=names)
 
 
 def save_input_spec(run_dir: str | os.PathLike, spec: InputSpec) -> Path:
@@ -241,7 +242,32 @@ def _image_pixels(path: Path, spec: InputSpec, resize: bool) -> np.ndarray:
     return pixels.transpose(2, 0, 1)
 
 
-def _npy_batch(path: Path, spec: InputSpec) -> torch.Tensor:
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def _float_batch(path: Path, array: np.ndarray, spec: InputSpec,
+                 normalized: bool) -> torch.Tensor:
+    """Float values -> network input: pixels in [0, 1] normalised here, or (``normalized``)
+    values already normalised with the run's mean and std, taken as they are."""
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{path}: holds NaN or infinite values")
+    if normalized:
+        return x
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"{path}: float values must be pixels in [0, 1] (as torchvision's ToTensor gives), "
+            f"found values in [{low:g}, {high:g}]; divide 0-255 pixels by 255 or save them as "
+            f"uint8, or pass --normalized for values already normalised with the run's mean "
+            f"and std")
+    shape = (1, spec.channels, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(shape)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(shape)
+    return (x - mean) / std
+
+
+def _npy_batch(path: Path, spec: InputSpec, normalized: bool) -> torch.Tensor:
     """A .npy batch -> float32 network input (N, C, H, W)."""
     try:
         array = np.load(path, allow_pickle=False)
@@ -256,23 +282,29 @@ def _npy_batch(path: Path, spec: InputSpec) -> torch.Tensor:
         raise ValueError(f"{path}: expected a batch of shape (N, {c}, {h}, {w}) or "
                          f"(N, {h}, {w}, {c}), got {array.shape}")
     if array.dtype == np.uint8:
+        if normalized:
+            raise ValueError(f"{path}: uint8 values are 0-255 pixels, not normalised values; "
+                             f"drop --normalized (they are normalised here)")
         return spec.normalize(torch.from_numpy(np.ascontiguousarray(array)))
-    if array.dtype in (np.float32, np.float64):
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    raise ValueError(f"{path}: dtype {array.dtype} not supported: uint8 pixels (normalised "
-                     f"here) or float32/float64 values already normalised")
+    if array.dtype in FLOAT_DTYPES:
+        return _float_batch(path, array, spec, normalized)
+    raise ValueError(f"{path}: dtype {array.dtype} not supported: uint8 pixels (0-255), float "
+                     f"pixels in [0, 1], or with --normalized float values already normalised "
+                     f"with the run's mean and std")
 
 
-def read_inputs(paths: Sequence[str | os.PathLike], spec: InputSpec,
-                resize: bool = False) -> tuple[torch.Tensor, list[str]]:
+def read_inputs(paths: Sequence[str | os.PathLike], spec: InputSpec, resize: bool = False,
+                normalized: bool = False) -> tuple[torch.Tensor, list[str]]:
     """Load image files and .npy batches as one normalised float32 batch.
 
     Args:
         paths: PNG/JPEG (anything Pillow reads) files, grey or RGB, of the training image size,
-            and/or ``.npy`` batches: uint8 pixels (N, C, H, W) or (N, H, W, C), normalised
-            here, or float arrays taken as already normalised network input.
+            and/or ``.npy`` batches (N, C, H, W) or (N, H, W, C): uint8 pixels (0-255) or float
+            pixels in [0, 1] (torchvision's ``ToTensor`` convention), both normalised here.
         spec: the network's input description.
         resize: resize images of another size (bilinear) instead of refusing them.
+        normalized: the float ``.npy`` batches are already normalised with ``spec``'s mean and
+            std: taken as they are (uint8 batches are then refused).
 
     Returns:
         (batch (N, C, H, W) float32, one label per row: the file name, with ``[k]`` for the
@@ -280,7 +312,8 @@ def read_inputs(paths: Sequence[str | os.PathLike], spec: InputSpec,
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: unreadable file, wrong size, mode, shape or dtype (naming the file).
+        ValueError: unreadable file, wrong size, mode, shape or dtype, or float pixels outside
+            [0, 1] (naming the file).
     """
     if not paths:
         raise ValueError("no images given")
@@ -299,7 +332,7 @@ def read_inputs(paths: Sequence[str | os.PathLike], spec: InputSpec,
             raise FileNotFoundError(f"no such input file: {path}")
         if path.suffix.lower() == ".npy":
             flush()
-            batch = _npy_batch(path, spec)
+            batch = _npy_batch(path, spec, normalized)
             parts.append(batch)
             labels.extend(f"{path.name}[{k}]" for k in range(len(batch)))
         else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..costs import FLOPS_CONVENTION, inference_flops
 from ..methods import Method
-from ..models import BranchedNetwork
-from .extract import PlainNetwork, extract_branch, extract_ensemble
+from ..models import BranchedNetwork, OwnBranchedNetwork
+from .extract import PlainNetwork, built_from, extract_branch, extract_ensemble
 from .inputs import InputSpec
 
 Member = int | str  # a branch index, or "ensemble"
@@ -25,8 +27,12 @@ def parse_member(text: str) -> Member:
     return index
 
 
-def select(model: BranchedNetwork, method: Method, member: Member) -> PlainNetwork:
+def select(model: BranchedNetwork | OwnBranchedNetwork, method: Method,
+           member: Member) -> nn.Module:
     """The deployable module: branch ``member`` (extract_branch) or the method's ensemble.
+
+    A branch of a ``--arch module:...`` network is the user's own class (see
+    :func:`~one_fast.deploy.extract.extract_branch`); everything else a :class:`PlainNetwork`.
 
     Raises:
         ValueError: an index out of range or an ensemble the method does not have, naming
@@ -44,7 +50,7 @@ def select(model: BranchedNetwork, method: Method, member: Member) -> PlainNetwo
     return extract_branch(model, member)
 
 
-def describe(module: PlainNetwork, member: Member, method: Method, inputs: InputSpec,
+def describe(module: nn.Module, member: Member, method: Method, inputs: InputSpec,
              source: dict | None = None) -> dict:
     """The JSON description an exported file carries (see :mod:`one_fast.deploy.formats`).
 
@@ -52,15 +58,16 @@ def describe(module: PlainNetwork, member: Member, method: Method, inputs: Input
     averaged-probability ensemble), the network to rebuild it from (arch, options, m), its
     inputs, parameter count and FLOPs per image (one_fast.costs' convention).
     """
-    network = module.network
+    network = module.network if isinstance(module, PlainNetwork) else module
     flops = inference_flops(network, inputs.image_shape)
+    arch, arch_options, num_branches = built_from(module)
     return {
         "member": member,
         "method": method.name,
         "output": method.ensemble_output if member == "ensemble" else "logits",
-        "arch": network.arch,
-        "arch_options": dict(network.arch_options),
-        "num_branches": network.num_branches,
+        "arch": arch,
+        "arch_options": arch_options,
+        "num_branches": num_branches,
         "params": sum(p.numel() for p in module.parameters()),
         "flops_per_image": flops,
         "flops_convention": FLOPS_CONVENTION,

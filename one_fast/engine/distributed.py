@@ -1,8 +1,9 @@
-"""Process-group set-up for ``torchrun`` (DDP): NCCL on GPUs, gloo on CPU."""
+"""Process-group set-up for ``torchrun`` or ``srun`` (DDP): NCCL on GPUs, gloo on CPU."""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,42 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+SLURM_PORT_BASE = 29500  # MASTER_PORT under srun: this + the job id modulo 10000
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``"gpu[03-05,9],cpu1"`` -> ``"gpu03"``."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None:
+        raise ValueError(f"SLURM_JOB_NODELIST: cannot read a host from {nodelist!r}")
+    prefix, ranges = match.groups()
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
+    """torchrun's variables for a process that ``srun`` started as one task of several.
+
+    Under srun (``SLURM_STEP_NUM_TASKS`` > 1, no ``WORLD_SIZE`` set by torchrun) the rank is
+    ``SLURM_PROCID``, the local rank ``SLURM_LOCALID``, the world ``SLURM_STEP_NUM_TASKS``;
+    the rendezvous is the step's first node, on a port derived from the job id (so two jobs
+    sharing a node do not collide). Variables already set win. Returns {} when not under srun.
+    """
+    if "WORLD_SIZE" in env or int(env.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return {}
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost"
+    job = int(env.get("SLURM_JOB_ID", "0"))
+    return {"WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"], "RANK": env.get("SLURM_PROCID", "0"),
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            "MASTER_PORT": env.get("MASTER_PORT") or str(SLURM_PORT_BASE + job % 10000)}
+
+
 def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1) or as one of several
+    ``srun`` tasks (Slurm's variables, see :func:`slurm_rendezvous`), else run alone."""
+    os.environ.update(slurm_rendezvous(dict(os.environ)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -2,7 +2,8 @@
 
 :mod:`.tables` holds each table's configurations and the paper's figures, :mod:`.runner` trains
 them (one ordinary ``one_fast.train`` run per configuration and seed), :mod:`.report` writes
-TABLE.md.
+TABLE.md. Launchers run the planned runs elsewhere: :mod:`.local_launcher` (``--parallel``),
+:mod:`.slurm_launcher` (``--launcher slurm``), each run a :class:`.jobs.RunJob`.
 """
 
 from .report import render, write_table

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..data import DATASETS
+from .launch_cli import add_launcher_flags, run_launcher, uses_launcher
 from .report import write_table
 from .runner import PRECISIONS, RunnerOptions, run_table, table_dir
 from .tables import TABLES, build_table
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="run only these configurations (and the teachers they need)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    add_launcher_flags(parser)
     return parser
 
 
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         table = build_table(args.table, args.dataset)
         if args.only:
             table = table.only(args.only)
+        if uses_launcher(args):
+            return run_launcher(args, table, options)
         path = table_dir(table, options) / "TABLE.md"
         result = run_table(table, options,
                            on_update=None if args.dry_run else

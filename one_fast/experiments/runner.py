@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..engine.metrics import read_metrics
+from .locks import RunLock, RunLocked
 from .tables import Configuration, Table
 
 TRAIN_MODULE = "one_fast.train"
@@ -274,8 +275,10 @@ def _failure_reason(log_path: Path, start: int, code: int) -> str:
     return f"exit code {code}: {last[:300]}"
 
 
-def train(command: list[str], log_path: Path) -> tuple[int, float, str]:
-    """Run one training command, its output appended to ``log_path``.
+def train(command: list[str], log_path: Path,
+          extra_env: dict[str, str] | None = None) -> tuple[int, float, str]:
+    """Run one training command, its output appended to ``log_path``; ``extra_env`` adds to
+    its environment (a launcher's GPU or CPU-thread share).
 
     Returns:
         (exit code, seconds, failure reason or "").
@@ -287,7 +290,8 @@ def train(command: list[str], log_path: Path) -> tuple[int, float, str]:
         log.flush()
         began = time.perf_counter()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=_trainer_env())
+                                stdin=subprocess.DEVNULL,
+                                env={**_trainer_env(), **(extra_env or {})})
         try:
             code = proc.wait()
         except KeyboardInterrupt:
@@ -351,9 +355,19 @@ def run_table(table: Table, options: RunnerOptions,
             to_train -= 1
             _notify(on_update, result)
             continue
+        lock = RunLock(run.run_dir)  # two runners on one table never train a run twice
+        try:
+            lock.acquire()
+        except RunLocked as err:
+            say(f"{head}: skipped: {err}")
+            to_train -= 1
+            continue
         verb = {RESUME: "resuming", OVERWRITE: "restarting (no checkpoint)"}.get(state, "training")
         say(f"{head}: {verb}, log {run.log_path}\n  {shown_command(command)}")
-        code, seconds, reason = train(command, run.log_path)
+        try:
+            code, seconds, reason = train(command, run.log_path)
+        finally:
+            lock.release()
         record = finished_record(run.run_dir, options.epochs) if code == 0 else None
         if record is None and not reason:
             reason = "the trainer exited without the last epoch's test accuracy in its metrics"

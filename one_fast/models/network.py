@@ -15,6 +15,8 @@ in the m = 1 network of the same architecture (a ``(m*C_out, C_in/g, k, k)`` con
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -78,6 +80,38 @@ class BranchedNetwork(nn.Module):
     Returns (from ``forward(x)``, x of shape (N, 3, H, W)):
         ``(logits, gate)``: logits (N, m, num_classes); gate (N, m), rows summing to 1.
     """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Every subclass records the arguments it was built with (:meth:`with_branches`)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **options) -> None:
+            init(self, *args, **options)
+            # The outermost constructor finishes last: its arguments are the ones kept.
+            self.built_with = (type(self), args, options)
+
+        cls.__init__ = recording_init
+
+    def with_branches(self, num_branches: int) -> BranchedNetwork:
+        """A fresh network of this class and options with ``num_branches`` branches.
+
+        Works for every subclass (ONEResNet, ONEWideResNet ... built directly or by
+        ``create_model``): each records the arguments it was built with.
+
+        Raises:
+            ValueError: a BranchedNetwork built directly (it has no arguments to repeat).
+        """
+        if not hasattr(self, "built_with"):
+            raise ValueError("this network was built as a bare BranchedNetwork; build it with "
+                             "create_model or an arch class (ONEResNet ...) to rebuild it")
+        cls, args, options = self.built_with
+        bound = inspect.signature(cls).bind(*args, **options)
+        bound.arguments["num_branches"] = num_branches
+        return cls(*bound.args, **bound.kwargs)
 
     def __init__(self, *, stem: StemBuilder, stages: Sequence[StageBuilder],
                  head: HeadBuilder | None, num_classes: int, num_branches: int,

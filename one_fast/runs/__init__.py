@@ -7,10 +7,11 @@ reading a finished (or interrupted) run back.
 * :mod:`.resume` -- a resumed run's config;
 * :mod:`.folder` -- one run per folder: refuse to mix runs, replace atomically;
 * :mod:`.loading` -- :func:`load_run`, the one way a run folder is read (evaluate, export,
-  predict, analyze); :mod:`.analysed` adds the test loader the analyses need.
+  predict, analyze) and :func:`eval_loader`, a split batched as the trainer evaluated it;
+  :mod:`.analysed` adds what the analyses need.
 """
 
 from .analysed import AnalysedRun, load_analysed_run
-from .loading import LoadedRun, load_run
+from .loading import LoadedRun, eval_loader, load_run
 
-__all__ = ["AnalysedRun", "LoadedRun", "load_analysed_run", "load_run"]
+__all__ = ["AnalysedRun", "LoadedRun", "eval_loader", "load_analysed_run", "load_run"]

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.device import DeviceLoader, loaders_for
+from ..data.loaders import Loader
 from ..engine.metrics import read_metrics
 from .assembly import autocast_dtype
-from .loading import load_run
+from .loading import eval_loader, load_run
 
 
 @dataclass
@@ -39,7 +39,7 @@ class AnalysedRun:
     config: TrainConfig
     epoch: int
     model: nn.Module
-    test_loader: DeviceLoader
+    test_loader: Loader
     amp_dtype: torch.dtype | None
     test_acc: dict[str, float] | None
 
@@ -71,13 +71,13 @@ def load_analysed_run(run_dir: str | os.PathLike, device: torch.device | str = "
         FileNotFoundError: no run folder or no checkpoint there.
         CheckpointError: the checkpoint lacks its config or its weights do not fit.
         DatasetNotFoundError: the dataset is not in ``data_dir``.
+        DaliNotInstalledError: an ImageNet run without NVIDIA DALI.
     """
     device = torch.device(device)
     run = load_run(run_dir, device, data_dir=data_dir)
-    # The training split's statistics normalise the test images (load_run loads the data as
-    # trained); the test loader is the trainer's own, at the run's batch size.
-    _, test_loader = loaders_for(run.dataset, run.config.batch_size, device=device,
-                                 seed=run.config.seed, augment=False)
+    # The trainer's own test loader at the run's batch size (normalised with the training
+    # split's statistics; ImageNet through its validation pipeline).
+    test_loader = eval_loader(run, "test", device=device)
     return AnalysedRun(run.run_dir, run.config, run.epoch, run.model, test_loader,
                        autocast_dtype(run.config, device),
                        _logged_test_acc(run.run_dir, run.epoch))

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import (
     ARCH_OPTION_FIELDS,
     TrainConfig,
+    arch_kwargs,
     config_from_dict,
     flag_name,
     validate_model_fields,
@@ -23,7 +24,11 @@ from ..costs import inference_flops, model_costs
 from ..data import ImageDataset, load_dataset
 from ..engine.checkpoint import load_checkpoint
 from ..methods import METHODS, Method, StudentWithTeacher, create_method
-from ..models import ARCHS, BranchedNetwork, create_model
+from ..models import ARCHS, BranchedNetwork, OwnBranchedNetwork, create_model
+from ..models.own import create_own_model, is_own_arch
+
+# Input size of a user's own network on ImageNet and synthetic data (torchvision's models').
+OWN_IMAGE_SIZE = 224
 
 
 def arch_options(config: TrainConfig) -> dict[str, object]:
@@ -33,8 +38,11 @@ def arch_options(config: TrainConfig) -> dict[str, object]:
 
 
 def image_size(config: TrainConfig) -> int:
-    """--image-size, or the arch's own input size (32 for the CIFAR archs, 224 for ImageNet)."""
-    return config.image_size if config.image_size is not None else ARCHS[config.arch].image_size
+    """--image-size, or the arch's own input size (32 for the CIFAR archs, 224 for ImageNet and
+    for a network of your own)."""
+    if config.image_size is not None:
+        return config.image_size
+    return OWN_IMAGE_SIZE if is_own_arch(config.arch) else ARCHS[config.arch].image_size
 
 
 def run_dataset(config: TrainConfig, download: bool = False) -> ImageDataset:
@@ -77,25 +85,44 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if amp == "bf16" else None
 
 
-def build_model(config: TrainConfig, num_classes: int,
-                num_branches: int | None = None) -> BranchedNetwork:
+def _build_own_model(config: TrainConfig, num_classes: int | None,
+                     m: int) -> OwnBranchedNetwork:
+    """A ``--arch module:...`` network, checked to give one logit per class (if known)."""
+    network = create_own_model(config.arch, branch_at=config.branch_at,
+                               arch_kwargs=arch_kwargs(config), num_branches=m,
+                               gate=config.gate, share_stem=config.share_stem)
+    if None not in (num_classes, network.num_classes) and network.num_classes != num_classes:
+        raise ValueError(f"--arch {config.arch}: the network gives {network.num_classes} "
+                         f"logits, the dataset has {num_classes} classes; set the model's "
+                         f"output size, e.g. --arch-kwargs '{{\"num_classes\": {num_classes}}}'")
+    return network
+
+
+def build_model(config: TrainConfig, num_classes: int | None,
+                num_branches: int | None = None) -> BranchedNetwork | OwnBranchedNetwork:
     """The network a run's config describes (batched branches, freshly initialised).
 
     Args:
         config: the run's settings: ``arch``, its options (``depth``, ``width`` ...; ``None``
             takes the arch's default), ``num_branches``, ``shared_stages``, ``share_stem``,
             ``gate``.
-        num_classes: classifier outputs per branch (the dataset's class count).
+        num_classes: classifier outputs per branch (the dataset's class count); None to check
+            the settings before the dataset is known (a built-in arch is then built with 2).
         num_branches: overrides ``config.num_branches`` (e.g. 1 for the deployable student).
 
     Returns:
-        A :class:`~one_fast.models.network.BranchedNetwork`.
+        A :class:`~one_fast.models.network.BranchedNetwork`, or for ``--arch module:...`` the
+        user's network made a ONE network (:func:`one_fast.models.branch`).
 
     Raises:
-        ValueError: an option the arch does not take or an invalid value, naming the flag.
+        ValueError: an option the arch does not take or an invalid value, a factory that does
+            not import, a --branch-at that names no submodule, naming the flag.
     """
     validate_model_fields(config)
     m = config.num_branches if num_branches is None else num_branches
+    if is_own_arch(config.arch):
+        return _build_own_model(config, num_classes, m)
+    num_classes = 2 if num_classes is None else num_classes
     common = {"gate": config.gate, "share_stem": config.share_stem}
     if config.shared_stages is not None:
         common["shared_stages"] = config.shared_stages
@@ -173,6 +200,10 @@ def training_module(config: TrainConfig, student: nn.Module, num_classes: int,
 
 def describe_model(config: TrainConfig) -> str:
     """``ResNet-32 (basic)``-style name of the configured network, for the run's first line."""
+    if is_own_arch(config.arch):
+        where = f"branched at {config.branch_at}" if config.share_stem else "nothing shared"
+        return f"{config.arch}({', '.join(f'{k}={v!r}' for k, v in arch_kwargs(config).items())})" \
+            f" {where}"
     options = arch_options(config)
     shown = ", ".join(f"{k} {v}" for k, v in options.items())
     return f"{config.arch}" + (f" ({shown})" if shown else "")

@@ -20,7 +20,7 @@ from ..engine.metrics import METRICS_NAME
 
 # What a run writes into its folder (temp files of atomic writes start with ".<name>.").
 RUN_FILES = (CHECKPOINT_NAME, "checkpoint.json", METRICS_NAME, "curves.png", "tensorboard",
-             INPUTS_NAME)
+             INPUTS_NAME, "launch.json")  # launch.json: the experiment launcher's record
 
 
 class RunFolderError(ValueError):

@@ -93,7 +93,7 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
         except ValueError as err:
             raise ValueError(f"--depth {depth} does not fit --block {block}: {err}") from None
     with torch.device("meta"):  # every other arch/method problem, before data is loaded
-        build_model(config, num_classes=2)
+        build_model(config, num_classes=None)
     if config.tensorboard:
         try:
             import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
@@ -113,6 +113,8 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
 
 def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]:
     rt = resolve_runtime(config, dist)
+    if rt.cpu_threads is not None:
+        torch.set_num_threads(rt.cpu_threads)
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)

@@ -106,3 +106,25 @@ def test_agreement_on_hand_made_members():
     assert result["probability_variance"] == pytest.approx(want, rel=1e-12)
     with pytest.raises(ValueError, match="at least 2 members"):
         branch_agreement(MemberOutputs(logits[:, :1], torch.ones(4, 1), labels))
+
+
+def _colour_limits(result: dict) -> list[tuple[float, float]]:
+    from one_fast.analysis.agreement import agreement_figure
+
+    figure = agreement_figure(result, "run")
+    return [tuple(ax.images[0].get_clim()) for ax in figure.axes if ax.images]
+
+
+def test_agreement_map_colours_span_the_data_or_the_full_range():
+    a = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 3.0, 0.0], [0.0, 3.0, 0.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 0])
+    gate = torch.full((4, 3), 1 / 3)
+    differing = branch_agreement(MemberOutputs(torch.stack([a, b, a], 1), gate, labels))
+    low_corr = min(min(row) for row in differing["correlation"])
+    assert _colour_limits(differing) == [(0.0, 50.0), (pytest.approx(low_corr), 1.0)]
+    # Members that always agree: all-zero disagreement, all-one correlation. Their maps are
+    # coloured over the measure's full range, not matplotlib's +-0.1 around the one value.
+    same = branch_agreement(MemberOutputs(torch.stack([a, a, a], 1), gate, labels))
+    assert same["disagreement"] == [[0.0] * 3] * 3
+    assert _colour_limits(same) == [(0.0, 100.0), (-1.0, 1.0)]

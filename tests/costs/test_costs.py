@@ -167,7 +167,15 @@ def test_bad_arguments_name_themselves():
         def forward(self, x):
             return self.fc(x.mean((2, 3)))
 
-    with pytest.raises(TypeError, match=r"forward must return \(logits, gate\), got Tensor"):
+    class Listed(LogitsOnly):
+        def forward(self, x):
+            return [super().forward(x)]
+
+    with pytest.raises(TypeError, match=r"forward must return \(logits, gate\) or logits "
+                                        r"\(N, C\), got list"):
+        model_costs(Listed, 2)
+    with pytest.raises(ValueError, match=r"build\(2\) gave 1"):  # logits (N, C): one member
         model_costs(LogitsOnly, 2)
+    assert inference_flops(LogitsOnly(5)) == 2 * 3 * 5  # a plain classifier counts
     with pytest.raises(ValueError, match=r"build\(3\) gave 2, build\(1\) gave 1"):
         model_costs(lambda m: ONEResNet(8, 10, max(m - 1, 1)), 3)

@@ -165,3 +165,41 @@ def test_prepare_command_sorts_val_and_checks_the_layout(tmp_path, capsys):
     layout = find_imagenet(root)
     assert layout.val.labels.tolist() == [i - 1 for i in ids]
     assert layout.class_names == WORDS
+
+
+def test_prepare_check_reports_what_is_missing_with_or_without_a_devkit(tmp_path, capsys):
+    from one_fast.prepare_imagenet import main
+
+    root = make_tiny_imagenet(tmp_path / "chk", {"train": 1, "val": 1}, odd_files=False).root
+    assert main([str(root), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "layout: ImageNet at " in out and "3 classes, 3 train / 3 val images: ready" in out
+    assert "class names: 3 of 3 classes are named by their wnid" in out
+    assert "devkit: none in " in out and "needed only to sort a flat val/" in out
+    # A sorted val/ needs no devkit: the plain command checks it and succeeds.
+    assert main([str(root)]) == 0
+    assert "already sorted into class folders: nothing to move" in capsys.readouterr().out
+
+    make_devkit_archive(root / "ILSVRC2012_devkit_t12.tar.gz", [1, 2, 3])
+    assert main([str(root), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "class names" not in out and "devkit: " in out and "devkit_t12.tar.gz" in out
+
+    shutil.rmtree(root / "val" / WNIDS[1])  # a missing class folder, reported, nothing changed
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert main([str(root), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "layout: not complete: " in out and "train/ only: n00000042" in out
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_prepare_without_a_devkit_points_to_check(tmp_path, capsys):
+    from one_fast.prepare_imagenet import main
+
+    root = make_tiny_imagenet(tmp_path / "flat", {"train": 1, "val": 1}, odd_files=False).root
+    for path in sorted((root / "val").rglob("*.JPEG")):
+        path.rename(root / "val" / path.name)
+    assert main([str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no devkit in ") and err.count("\n") == 1
+    assert f"python -m one_fast.prepare_imagenet {root} --check" in err

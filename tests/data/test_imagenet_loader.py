@@ -200,9 +200,11 @@ def test_corrupt_jpeg_is_named(tmp_path):
     bad.write_bytes(good[: len(good) // 3])  # truncated mid-scan
     loader = ImageNetLoader(find_imagenet(root).train, 2, device="cpu", seed=0, augment=True,
                             drop_last=True, image_size=SIZE, num_threads=2, prefetch=2)
-    with pytest.raises(CorruptDatasetError, match=r"broken\.JPEG cannot be decoded"):
+    with pytest.raises(CorruptDatasetError, match=r"broken\.JPEG cannot be decoded") as failed:
         for _ in loader.epoch_batches(0):
             pass
+    # The first epoch is epoch 1, as the trainer's lines and metrics.jsonl count it.
+    assert "(epoch 1, batch " in str(failed.value), failed.value
 
 
 def test_loaders_without_dali_say_how_to_install(layout, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 
 from one_fast.deploy import extract_branch, extract_ensemble
 from one_fast.methods import create_method
-from one_fast.models import ARCHS, ONEResNet, create_model
+from one_fast.models import ARCHS, ONEImageNetResNet, ONEResNet, ONEWideResNet, create_model
 
 # arch -> (small options, image size); the ImageNet archs at their real width (m = 2 keeps them
 # cheap: only their last stage is per branch) on 16x16 images (their last stage runs at 1x1).
@@ -116,14 +116,34 @@ def test_student_is_a_copy():
         assert torch.equal(value, before[key]), key
 
 
-def test_bad_index_and_unrecorded_model():
+def test_bad_index_and_a_model_one_fast_did_not_build():
     model = build("resnet", 3)
     for bad in (3, -1, True, 1.0):
         with pytest.raises(ValueError, match="branch index must be in 0..2"):
             extract_branch(model, bad)
-    direct = ONEResNet(8, 10, 3)  # built without create_model: no arch record
-    with pytest.raises(ValueError, match="create_model"):
-        extract_branch(direct, 0)
+    for extract in (extract_branch, lambda net, _: extract_ensemble(net)):
+        with pytest.raises(ValueError, match="built by one_fast .*got Linear"):
+            extract(torch.nn.Linear(3, 3), 0)
+
+
+@pytest.mark.parametrize("build_direct", [
+    lambda: ONEResNet(depth=20, num_classes=10, num_branches=3),  # the README's drop-in model
+    lambda: ONEResNet(8, 10, 3, "basic", 1),  # positional arguments
+    lambda: ONEWideResNet(depth=10, width=2, dropout=0.1, num_classes=7, num_branches=2),
+    lambda: ONEImageNetResNet("basic", (1, 1, 1, 1), width=16, num_classes=5, num_branches=3),
+], ids=["resnet20", "positional", "wrn", "imagenet-class"])
+def test_networks_built_from_their_class_are_extracted(build_direct):
+    """Issue 21 item 6: a network built from its class (no create_model) gives its student and
+    its ensemble; the student is that class with num_branches=1."""
+    model = warmed(build_direct(), 32)
+    x = torch.randn(3, 3, 32, 32)
+    for i in range(model.num_branches):
+        student = extract_branch(model, i)
+        assert type(student.network) is type(model) and student.network.num_branches == 1
+        torch.testing.assert_close(student(x), model(x)[0][:, i])
+    logits, gate = model(x)
+    torch.testing.assert_close(extract_ensemble(model)(x), torch.einsum("nm,nmc->nc", gate,
+                                                                        logits))
 
 
 def test_ensemble_needs_an_ensemble():

@@ -16,6 +16,12 @@ def config(name: str, m: int) -> Configuration:
                          (Row("ONE", STUDENT, 1.0), Row("ONE-E", ENSEMBLE)))
 
 
+def kd_student(teacher: str) -> Configuration:
+    """A KD student ("student") of the configuration ``teacher``, distilled from its branch 0."""
+    return Configuration("student", "digits", "resnet32", "kd", 1, (Row("KD", STUDENT),),
+                         teacher=teacher, teacher_output="0")
+
+
 def tiny_table(*configs: Configuration) -> Table:
     return Table("tiny", "tiny digits table", configs or (config("m2", 2), config("m3", 3)))
 

@@ -13,7 +13,6 @@ mid-epoch position to restore, and none is needed).
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cpus import cores_per_process
 from ..device import ShardLoader, derive_seed, shard_indices
 from ..errors import CorruptDatasetError
 from .layout import ImageNetLayout, ImageSplit
@@ -72,9 +72,7 @@ class InputStats:
 
 def default_num_threads() -> int:
     """DALI threads per process: this process's CPUs shared among the ranks on the node."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (cpus or 1) // max(local_ranks, 1))
+    return cores_per_process()
 
 
 class ImageNetLoader(ShardLoader):
@@ -164,7 +162,9 @@ class ImageNetLoader(ShardLoader):
             CorruptDatasetError: an image cannot be decoded (the message names the file).
         """
         seed = derive_seed(self.seed, epoch, self.rank) % (1 << DALI_SEED_BITS)
-        yield from self._run(self._epoch_positions(epoch), self.augment, seed, f"epoch {epoch}")
+        # Messages count epochs from 1, as the trainer's lines and metrics.jsonl do.
+        yield from self._run(self._epoch_positions(epoch), self.augment, seed,
+                             f"epoch {epoch + 1}")
 
     def eval_batches(self) -> Iterator[Batch]:
         """Yield every image of this rank's shard once, in order, with the evaluation

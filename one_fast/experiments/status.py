@@ -1,0 +1,169 @@
+"""Where a table's runs stand, read from their folders (and from Slurm's queue when present).
+
+Every run folder may be written by another process (a local runner, a Slurm job), so the table
+so far is rebuilt from the folders alone: :func:`collect_result`. :func:`rewrite_table` writes
+TABLE.md from it under an exclusive lock, so two jobs finishing at once write one after the
+other and the last write holds both. :func:`run_status` names each run's state for ``--status``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..files import atomic_write
+from .locks import holder_alive, lock_path, read_holder
+from .report import write_table
+from .runner import (
+    FINISHED,
+    NEW,
+    Outcome,
+    PlannedRun,
+    RunnerOptions,
+    TableResult,
+    finished_record,
+    plan_runs,
+    run_state,
+    stored_costs,
+    table_dir,
+)
+from .slurm import live_jobs
+from .tables import Table
+
+LAUNCH_NAME = "launch.json"  # in the run folder: launcher, job id, requeues, last status
+JOBS_NAME = "slurm_jobs.json"  # in the table folder: run folder -> Slurm job id
+QUEUED, RUNNING, FAILED, STALE, MISSING = "queued", "running", "failed", "stale", "missing"
+INTERRUPTED = "interrupted"  # a launch.json status: stopped by a signal, resumes next time
+STATES = (FINISHED, RUNNING, QUEUED, FAILED, STALE, MISSING)
+
+
+def folder_state(run: PlannedRun, options: RunnerOptions) -> str:
+    """What the run's folder alone says: "finished", "partial" (started, not finished) or
+    "missing". The one place ``--status`` and the launchers read a folder's state."""
+    state = run_state(run, options.epochs)
+    return FINISHED if state == FINISHED else ("missing" if state == NEW else "partial")
+
+
+def read_launch(run_dir: Path) -> dict:
+    """The run's ``launch.json`` ({} when absent or unreadable)."""
+    try:
+        data = json.loads((run_dir / LAUNCH_NAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_launch(run_dir: Path, record: dict) -> None:
+    """Write ``launch.json`` atomically into the run folder."""
+    text = json.dumps(record, indent=1, sort_keys=True)
+    atomic_write(run_dir / LAUNCH_NAME, lambda f: f.write(text.encode("utf-8")))
+
+
+def _key(run: PlannedRun, options: RunnerOptions) -> str:
+    return str(run.run_dir.relative_to(Path(options.out_dir)))
+
+
+@contextmanager
+def table_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the table folder's ``.table.lock`` for the ``with`` body."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".table.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def read_jobs(folder: Path) -> dict[str, str]:
+    """The Slurm job id recorded for each run (by run folder, relative to the table folder)."""
+    try:
+        data = json.loads((folder / JOBS_NAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def record_jobs(folder: Path, jobs: dict[str, str]) -> None:
+    """Add run -> job id entries to the table's ``slurm_jobs.json`` (atomic, under the lock)."""
+    with table_lock(folder):
+        merged = {**read_jobs(folder), **jobs}
+        text = json.dumps(merged, indent=1, sort_keys=True)
+        atomic_write(folder / JOBS_NAME, lambda f: f.write(text.encode("utf-8")))
+
+
+def collect_result(table: Table, options: RunnerOptions) -> TableResult:
+    """The table so far, from the run folders: finished runs with their records, and runs whose
+    last attempt failed (``launch.json``) with its reason."""
+    runs = plan_runs(table, options)
+    result = TableResult(table, runs)
+    for run in runs:
+        key = (run.config.name, run.seed)
+        record = finished_record(run.run_dir, options.epochs)
+        if record is not None:
+            result.outcomes[key] = Outcome(FINISHED, record, stored_costs(run.run_dir))
+            continue
+        launch = read_launch(run.run_dir)
+        if launch.get("status") == FAILED:
+            result.outcomes[key] = Outcome(FAILED, error=str(launch.get("error", "")))
+    return result
+
+
+def rewrite_table(table: Table, options: RunnerOptions) -> Path:
+    """Rewrite ``TABLE.md`` from the run folders, serialised with every other writer."""
+    folder = table_dir(table, options)
+    with table_lock(folder):
+        return write_table(collect_result(table, options), options, folder / "TABLE.md")
+
+
+def run_status(run: PlannedRun, options: RunnerOptions, jobs: dict[str, str],
+               live: dict[str, str] | None) -> tuple[str, str]:
+    """One run's state and a detail (job id, holder, reason).
+
+    Args:
+        run: the planned run.
+        options: the runner's options.
+        jobs: run folder -> job id (:func:`read_jobs`).
+        live: Slurm's live jobs, id -> state (:func:`.slurm.live_jobs`); None without Slurm.
+
+    Returns:
+        (one of :data:`STATES`, detail).
+    """
+    if folder_state(run, options) == FINISHED:
+        return FINISHED, ""
+    holder = read_holder(run.run_dir)
+    job = jobs.get(_key(run, options))
+    if job is not None and live is not None and job in live:
+        return (QUEUED if live[job] == "PENDING" else RUNNING), f"Slurm job {job}"
+    if holder is not None and holder_alive(holder, None if live is None else live.keys):
+        return RUNNING, holder.describe()
+    launch = read_launch(run.run_dir)
+    if launch.get("status") == FAILED:
+        return FAILED, str(launch.get("error", ""))
+    if folder_state(run, options) == "partial" or lock_path(run.run_dir).exists() or job:
+        why = f"Slurm job {job} is gone" if job else "nobody is training it"
+        return STALE, f"{why}; the next launch resumes it"
+    return MISSING, ""
+
+
+def status_lines(table: Table, options: RunnerOptions) -> list[str]:
+    """``--status``: one line per run and a count per state."""
+    runs = plan_runs(table, options)
+    jobs = read_jobs(table_dir(table, options))
+    live = live_jobs()
+    counts = dict.fromkeys(STATES, 0)
+    lines = []
+    for run in runs:
+        state, detail = run_status(run, options, jobs, live)
+        counts[state] += 1
+        lines.append(f"{state:8s} {run.config.name} seed {run.seed}  {run.run_dir}"
+                     + (f"  ({detail})" if detail else ""))
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    where = "" if live is not None else " (no Slurm queue answers here: from the folders only)"
+    lines.append(f"{len(runs)} runs: {summary}{where}")
+    return lines
+
+
+__all__ = ["JOBS_NAME", "LAUNCH_NAME", "STATES", "collect_result", "folder_state",
+           "read_jobs", "read_launch", "record_jobs", "rewrite_table", "run_status",
+           "status_lines", "table_lock", "write_launch"]
