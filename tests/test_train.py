@@ -20,6 +20,7 @@ from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
 from one_fast.engine.step import NonFiniteLossError
 from one_fast.loss import backends
 from one_fast.runs import runtime, trainer
+from one_fast.runs.resume import ResumeMismatchError
 
 from .full_disk import fill_disk_after
 
@@ -76,8 +77,25 @@ def test_resume_rejects_other_model(tmp_path):
     cfg = quick(tmp_path, epochs=1)
     train.run(cfg)
     other = quick(tmp_path, epochs=2, depth=14, num_branches=2, resume=cfg.out_dir)
-    with pytest.raises(CheckpointError, match="depth: checkpoint=8, requested=14"):
+    with pytest.raises(ResumeMismatchError, match=r"--depth 8 \(now 14\), --num-branches 3 "
+                                                  r"\(now 2\)"):
         train.run(other)
+
+
+def test_resume_refuses_other_optimisation_settings(tmp_path, capsys):
+    """Resuming with another --lr would switch the run's optimisation mid-run: one error line
+    naming the flag; the length of the run and where it runs may change."""
+    run_dir = tmp_path / "run"
+    assert train.main(["--epochs", "1", "--out-dir", str(run_dir), *TINY]) == 0
+    saved = (run_dir / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    line = main_error(capsys, "--resume", str(run_dir), "--epochs", "2", "--lr", "0.5",
+                      "--kl-weight", "0")
+    assert line.startswith(f"error: --resume {run_dir}: that run was trained with --kl-weight 1 "
+                           "(now 0), --lr 0.1 (now 0.5)")
+    assert "--epochs" in line and "--lr-milestones" in line  # what may change
+    assert (run_dir / "checkpoint.pt").read_bytes() == saved
+    assert json.loads((run_dir / "run.json").read_text())["config"]["lr"] == 0.1
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
