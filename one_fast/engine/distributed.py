@@ -3,6 +3,7 @@ the trainer needs so that every rank sees the same model, the same loss and the 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -64,8 +65,25 @@ def init_distributed(device_name: str) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None,
+                                **_attempt_store(rank, world_size))
     return DistInfo(rank, world_size, device)
+
+
+def _attempt_store(rank: int, world_size: int) -> dict[str, Any]:
+    """Under torchrun, its agent's store with keys of this start of the worker group only.
+
+    torchrun's default (static) rendezvous keeps one store across ``--max-restarts``
+    restarts, so a restarted group would find the previous group's addresses in it and connect
+    to processes that are gone ("connection refused", at random); a prefix per restart keeps
+    each start's keys apart. Elsewhere: ``{}`` (``init_process_group``'s own ``env://``).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world_size, is_master=False, timeout=datetime.timedelta(minutes=30))
+    prefix = f"one_fast/start{elastic_restart_count()}"
+    return {"store": dist.PrefixStore(prefix, store), "rank": rank, "world_size": world_size}
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> None:

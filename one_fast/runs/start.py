@@ -141,9 +141,11 @@ def _record_finish_after_restart(run_dir: str, epochs: int) -> None:
 
 
 def end_run(start: RunStart, dist: distributed.DistInfo, status: str, error: str = "") -> None:
-    """Record in ``run.json`` how this invocation ended (rank 0; a failed write is one line)."""
+    """Record in ``run.json`` how this invocation ended (rank 0; a failed write is one line);
+    ``error`` is kept to its first line."""
     if not dist.is_main or start.provenance is None:
         return
+    error = (error.splitlines() or [""])[0][:300]
     try:
         epochs, _ = checkpoint_progress(start.config.out_dir)
     except (FileNotFoundError, CheckpointError):
