@@ -16,7 +16,7 @@ import torch
 from one_fast import train
 from one_fast.cli.train_flags import config_from_args
 from one_fast.config import TrainConfig
-from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
+from one_fast.engine.checkpoint import load_checkpoint
 from one_fast.engine.step import NonFiniteLossError
 from one_fast.loss import backends
 from one_fast.runs import runtime, trainer
