@@ -120,3 +120,5 @@ def test_provenance_records_where_the_run_came_from(tmp_path):
     line = provenance.provenance_line(run_dir)
     assert line == f"trained by commit {provenance.code_label(invocation['code'])}, config " \
                    f"{data['config_hash']}"
+    report = evaluate.format_result(evaluate.evaluate_run(load_run(run_dir)))
+    assert report.splitlines()[0].endswith(f"; {line}")  # evaluate says what it reads
