@@ -122,3 +122,21 @@ def test_provenance_records_where_the_run_came_from(tmp_path):
                    f"{data['config_hash']}"
     report = evaluate.format_result(evaluate.evaluate_run(load_run(run_dir)))
     assert report.splitlines()[0].endswith(f"; {line}")  # evaluate says what it reads
+
+
+def test_an_unreadable_run_json_is_named_and_never_finished(tmp_path, capsys):
+    """The run is not counted (the runner says why); resuming it names the file in one line
+    and starts its provenance anew."""
+    run_dir = tmp_path / "run"
+    train.run(config(run_dir, 1))
+    (run_dir / "run.json").write_text('{"format": 1, "conf')
+    state = classify_run(run_dir, config(run_dir, 1))
+    assert state.state == "failed" and "run.json is unreadable" in state.detail
+    capsys.readouterr()
+    train.run(config(run_dir, 2, resume=str(run_dir)))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "run.json" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {run_dir / 'run.json'} is "
+                                                         "unreadable")
+    data = json.loads((run_dir / "run.json").read_text())
+    assert [i["from_epoch"] for i in data["invocations"]] == [1]
+    assert classify_run(run_dir, config(run_dir, 2)).state == FINISHED
