@@ -175,7 +175,8 @@ def start_provenance(run_dir: str | os.PathLike, config: TrainConfig, *, from_ep
                     f"{run_dir / PROVENANCE_NAME} starts anew")
         earlier = list(previous["invocations"]) if previous else []
     invocation: dict[str, Any] = {
-        "command": [sys.executable, *sys.argv], "cwd": os.getcwd(), "code": code_version(),
+        "command": list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "cwd": os.getcwd(), "code": code_version(),
         "versions": software_versions(config.dataset), "host": platform.node(),
         "world_size": world_size, "devices": devices, "started": _now(), "ended": None,
         "from_epoch": from_epoch, "epochs_finished": from_epoch, "status": RUNNING}
