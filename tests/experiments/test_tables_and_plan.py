@@ -20,6 +20,7 @@ from one_fast.experiments.runner import (
     interrupted_message,
     plan_runs,
     run_state,
+    run_table,
 )
 from one_fast.experiments.tables import TABLES, build_table
 from one_fast.runs.provenance import finish_provenance, start_provenance
@@ -146,6 +147,22 @@ def test_a_run_of_other_settings_is_stale_never_finished(tmp_path):
     # Only where and how it ran may differ: another --out-dir or --no-progress is the same run.
     _fake_run(run, 3, config=dataclasses.replace(run.planned, progress=True, out_dir="x"))
     assert run_state(run).state == FINISHED
+
+
+def test_the_runner_reports_stale_runs_and_trains_nothing(tmp_path):
+    options = tiny_options(tmp_path, seeds=(0,), epochs=3)
+    table = tiny_table(config("a", 2))
+    (run,) = plan_runs(table, options)
+    _fake_run(run, 3, config=dataclasses.replace(run.planned, lr=0.01))
+    lines = []
+    result = run_table(table, options, say=lines.append)
+    assert lines == [f"[1/1] a seed 0: stale: trained with --lr 0.01 (plan 0.1); --rerun-stale "
+                     f"replaces it ({run.run_dir})"]
+    assert result.trained == 0 and result.outcome(run).status == STALE
+    assert "## Stale runs" in render(result, options)
+    assert main(["branches", "--dataset", "digits", "--only", "digits-resnet32-m1", "--seeds",
+                 "0", "--epochs", "3", "--precision", "none", "--out-dir", str(tmp_path),
+                 "--rerun-stale", "--dry-run"]) == 0  # the flag exists
 
 
 def test_provenance_decides_whether_a_run_counts(tmp_path):
