@@ -2,8 +2,10 @@
 
 :func:`run` composes the library's pieces for one run folder; ``python -m one_fast.train`` is
 its command line. Under ``torchrun --nproc_per_node=K`` each process trains on its own shard of
-the training set with ``--batch-size`` images per step (the global batch is K times that) and
-rank 0 alone writes logs and checkpoints.
+the training set with ``--batch-size`` images per step (the global batch is K times that),
+rank 0 alone writes logs and checkpoints, every rank evaluates rank 0's model and logs the loss
+averaged over ranks; under ``torchrun --max-restarts=K`` a restarted worker group continues from
+the run folder's checkpoint (:mod:`.start`, which also writes the run's ``run.json``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
     Raises:
         RunStopped: interrupted (Ctrl-C) or the checkpoint could not be written; the message
             says which epoch's checkpoint is saved and how to continue.
-        ValueError: bad settings or an unusable run folder, naming the flag.
+        ValueError: bad settings, an unusable run folder, or a ``--resume`` that would change
+            the run's settings (:class:`~one_fast.runs.resume.ResumeMismatchError`), naming the
+            flag.
     """
     validate_config(config)
     if config.arch == "resnet":
