@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from ..data import DATASETS
-from .launch_cli import add_launcher_flags, run_launcher, uses_launcher
 from ..runs.interrupt import sigint_stops
+from .launch_cli import add_launcher_flags, run_launcher, uses_launcher
 from .report import write_table
 from .runner import PRECISIONS, RunInterrupted, RunnerOptions, run_table, table_dir
 from .tables import TABLES, build_table

@@ -34,9 +34,9 @@ import torch
 from ..cli.train_flags import parse_flags
 from ..config import TrainConfig, config_from_flags
 from ..engine.metrics import read_metrics
-from .locks import RunLock, RunLocked
 from ..runs.provenance import commits
 from ..runs.status import FAILED, FINISHED, MISSING, STALE, RunState, classify_run
+from .locks import RunLock, RunLocked
 from .tables import Configuration, Table
 
 TRAIN_MODULE = "one_fast.train"
@@ -373,7 +373,7 @@ def run_table(table: Table, options: RunnerOptions,
         head = f"[{k}/{len(runs)}] {run.config.name} seed {run.seed}"
         key = (run.config.name, run.seed)
         if command is None:
-            result.outcomes[key] = _held(run, state)
+            result.outcomes[key] = held_outcome(run, state)
             say(f"{head}: {_held_line(state)} ({run.run_dir})")
             continue
         if options.dry_run:
@@ -418,7 +418,7 @@ def run_table(table: Table, options: RunnerOptions,
     return result
 
 
-def _held(run: PlannedRun, state: RunState) -> Outcome:
+def held_outcome(run: PlannedRun, state: RunState) -> Outcome:
     """The outcome of a run this invocation does not train."""
     if state.state == FINISHED:
         return Outcome(FINISHED, state.record, stored_costs(run.run_dir),
@@ -447,6 +447,6 @@ def _notify(on_update, result: TableResult) -> None:
 
 
 __all__ = ["PRECISIONS", "Outcome", "PlannedRun", "RunInterrupted", "RunnerOptions",
-           "TableResult", "command_for", "interrupted_message", "plan_runs", "planned_config",
-           "precision_label", "resolve_precision", "run_state", "run_table", "shown_command",
-           "stop_trainer", "stored_costs", "table_dir", "train"]
+           "TableResult", "command_for", "held_outcome", "interrupted_message", "plan_runs",
+           "planned_config", "precision_label", "resolve_precision", "run_state", "run_table",
+           "shown_command", "stop_trainer", "stored_costs", "table_dir", "train"]
