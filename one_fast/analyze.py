@@ -29,6 +29,7 @@ from .data.imagenet import DaliNotInstalledError
 from .engine.checkpoint import CheckpointError
 from .files import atomic_write
 from .runs import load_analysed_run
+from .runs.provenance import provenance_line
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 
@@ -68,6 +69,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Path]:
     about = {"run_dir": str(run.run_dir), "epoch": run.epoch, "method": method,
              "members": None, "run_test_error_percent": logged}
     title = f"{run.run_dir} ({method}, epoch {run.epoch})"
+    print(f"{run.run_dir}: {provenance_line(run.run_dir)}")
 
     def evaluate():
         return member_outputs(run.model, run.test_loader.eval_batches(), run.amp_dtype)

@@ -24,6 +24,7 @@ from .engine.metrics import read_metrics
 from .engine.schedule import kl_weight
 from .runs import LoadedRun, eval_loader, load_run
 from .runs.assembly import autocast_dtype, training_module
+from .runs.provenance import provenance_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +76,8 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
     """Evaluate a loaded run; the record the command prints (see ``--json``).
 
     Returns:
-        ``{"run_dir", "epoch", "split", "images", "accuracy": {name: fraction},
+        ``{"run_dir", "provenance" (one line: the commit and config hash it was trained
+        with), "epoch", "split", "images", "accuracy": {name: fraction},
         "recorded": {name: fraction} | None, "matches_recorded": bool | None,
         "per_class": {name: [fraction | None per class]}, "class_names" (with per_class),
         "loss_terms": {term: mean}, "kl_weight" (with loss)}``.
@@ -90,7 +92,8 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
         record = last_test_record(run.run_dir)
         if record is not None and record.get("epoch") == run.epoch:
             recorded = record["test_acc"]
-    result = {"run_dir": str(run.run_dir), "epoch": run.epoch, "split": split,
+    result = {"run_dir": str(run.run_dir), "provenance": provenance_line(run.run_dir),
+              "epoch": run.epoch, "split": split,
               "images": loader.num_samples, "accuracy": accuracy, "recorded": recorded,
               "matches_recorded": None if recorded is None else recorded == accuracy}
     if per_class:
@@ -110,7 +113,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int | None = N
 def format_result(result: dict) -> str:
     """The human-readable report of :func:`evaluate_run`'s record."""
     lines = [f"{result['run_dir']} (epoch {result['epoch']}): {result['split']} top-1 on "
-             f"{result['images']} images"]
+             f"{result['images']} images; {result['provenance']}"]
     lines += [f"  {name:<10} {100 * value:6.2f}%" for name, value in result["accuracy"].items()]
     if result["matches_recorded"] is True:
         lines.append("equal to the run's last metrics.jsonl test record")

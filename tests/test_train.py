@@ -16,10 +16,11 @@ import torch
 from one_fast import train
 from one_fast.cli.train_flags import config_from_args
 from one_fast.config import TrainConfig
-from one_fast.engine.checkpoint import CheckpointError, load_checkpoint
+from one_fast.engine.checkpoint import load_checkpoint
 from one_fast.engine.step import NonFiniteLossError
 from one_fast.loss import backends
 from one_fast.runs import runtime, trainer
+from one_fast.runs.resume import ResumeMismatchError
 
 from .full_disk import fill_disk_after
 
@@ -76,8 +77,25 @@ def test_resume_rejects_other_model(tmp_path):
     cfg = quick(tmp_path, epochs=1)
     train.run(cfg)
     other = quick(tmp_path, epochs=2, depth=14, num_branches=2, resume=cfg.out_dir)
-    with pytest.raises(CheckpointError, match="depth: checkpoint=8, requested=14"):
+    with pytest.raises(ResumeMismatchError, match=r"--depth 8 \(now 14\), --num-branches 3 "
+                                                  r"\(now 2\)"):
         train.run(other)
+
+
+def test_resume_refuses_other_optimisation_settings(tmp_path, capsys):
+    """Resuming with another --lr would switch the run's optimisation mid-run: one error line
+    naming the flag; the length of the run and where it runs may change."""
+    run_dir = tmp_path / "run"
+    assert train.main(["--epochs", "1", "--out-dir", str(run_dir), *TINY]) == 0
+    saved = (run_dir / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    line = main_error(capsys, "--resume", str(run_dir), "--epochs", "2", "--lr", "0.5",
+                      "--kl-weight", "0")
+    assert line.startswith(f"error: --resume {run_dir}: that run was trained with --kl-weight 1 "
+                           "(now 0), --lr 0.1 (now 0.5)")
+    assert "--epochs" in line and "--lr-milestones" in line  # what may change
+    assert (run_dir / "checkpoint.pt").read_bytes() == saved
+    assert json.loads((run_dir / "run.json").read_text())["config"]["lr"] == 0.1
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
@@ -308,21 +326,31 @@ def test_resuming_a_finished_run_says_how_to_extend_it(tmp_path, capsys):
     assert "already finished 1 epochs (--epochs 1); give --epochs N with N > 1" in line
 
 
+def _sigint(disposition):
+    """A preexec_fn giving the child process SIGINT's ``disposition`` whatever the test runner's
+    own is (a suite started with ``nohup ... &`` runs with SIGINT ignored)."""
+    return lambda: signal.signal(signal.SIGINT, disposition)
+
+
 @pytest.mark.slow
-def test_ctrl_c_saves_plots_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("started_with", [signal.SIG_DFL, signal.SIG_IGN],
+                         ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_saves_plots_and_says_how_to_resume(tmp_path, started_with):
+    """Ctrl-C stops the run cleanly, also when the trainer was started with SIGINT ignored
+    (the trainer installs its own handler)."""
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "one_fast.train", "--epochs", "200", "--out-dir",
          str(run_dir), *TINY], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True, preexec_fn=_sigint(started_with))
     try:
         for line in proc.stdout:  # wait until an epoch has finished (and been checkpointed)
             if line.split()[:2] == ["epoch", "2/200"]:
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
@@ -333,6 +361,52 @@ def test_ctrl_c_saves_plots_and_says_how_to_resume(tmp_path):
         f"interrupted: {run_dir / 'checkpoint.pt'} holds epoch {saved} of 200; continue with: "
         f"python -m one_fast.train --resume {run_dir}")
     assert (run_dir / "curves.png").stat().st_size > 1000  # the plot of what finished
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_run_that_died_before_its_first_checkpoint_reruns_with_the_same_command(
+        tmp_path, capsys, monkeypatch):
+    """A folder without a checkpoint is not a run yet: the same command starts it again (its
+    files replaced), and --resume says that this is what works."""
+    run_dir = tmp_path / "run"
+    args = ["--epochs", "1", "--out-dir", str(run_dir), *TINY]
+    real = trainer.make_method
+
+    def poisoned(config, backend):
+        method = real(config, backend)
+        loss = method.loss
+        method.loss = lambda outputs, y, w: loss((outputs[0] * float("nan"), *outputs[1:]), y, w)
+        return method
+
+    monkeypatch.setattr(trainer, "make_method", poisoned)
+    assert main_error(capsys, *args).startswith("error: non-finite loss at epoch 1, step 1")
+    assert not (run_dir / "checkpoint.pt").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    line = main_error(capsys, "--resume", str(run_dir))
+    assert line == (f"error: --resume {run_dir}: no checkpoint at {run_dir / 'checkpoint.pt'}: "
+                    "no epoch of that run finished, so there is nothing to continue; start it "
+                    "again with the command that started it (without --resume)")
+    monkeypatch.setattr(trainer, "make_method", real)
+    assert train.main(args) == 0
+    assert f"{run_dir} held no checkpoint" in capsys.readouterr().out
+    assert epochs_logged(run_dir) == [1]
+    provenance = json.loads((run_dir / "run.json").read_text())
+    assert [i["status"] for i in provenance["invocations"]] == ["finished"]
+
+
+def test_resume_into_another_folder_takes_the_history_along(tmp_path, capsys):
+    """--resume A --out-dir B: B holds the whole run (metrics and provenance from epoch 1),
+    A is left as it was."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert train.main(["--epochs", "1", "--out-dir", str(first), *TINY]) == 0
+    saved = (first / "checkpoint.pt").read_bytes()
+    assert train.main(["--resume", str(first), "--out-dir", str(second), "--epochs", "2",
+                       "--no-progress"]) == 0
+    assert epochs_logged(second) == [1, 2] and epochs_logged(first) == [1]
+    assert (first / "checkpoint.pt").read_bytes() == saved
+    invocations = json.loads((second / "run.json").read_text())["invocations"]
+    assert [i.get("resumed_from") for i in invocations] == [None, str(first)]
+    assert (second / "curves.png").is_file() and load_checkpoint(second)["epoch"] == 2
 
 
 def test_console_prints_every_evaluated_epoch(tmp_path, capsys):

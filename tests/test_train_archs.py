@@ -13,10 +13,11 @@ from one_fast import train
 from one_fast.cli.train_flags import parse_flags
 from one_fast.config import ARCH_OPTION_FIELDS, MODEL_FIELDS, config_from_flags
 from one_fast.data import loaders
-from one_fast.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from one_fast.engine.checkpoint import load_checkpoint, save_checkpoint
 from one_fast.models import ARCHS
 from one_fast.models.wrn import WideBlock
 from one_fast.runs.assembly import build_model, image_size
+from one_fast.runs.resume import ResumeMismatchError
 
 from .test_train import main_error
 
@@ -58,7 +59,7 @@ def test_resume_checks_the_arch_and_its_options(tmp_path, capsys):
                        "--no-progress"]) == 0
     config, _ = train.config_for(parse_flags(["--resume", str(run_dir), "--epochs", "2",
                                               "--width", "2"]))
-    with pytest.raises(CheckpointError, match="width: checkpoint=1, requested=2"):
+    with pytest.raises(ResumeMismatchError, match=r"trained with --width 1 \(now 2\)"):
         train.run(config)
     assert set(ARCH_OPTION_FIELDS) <= set(MODEL_FIELDS)
     assert {"arch", "method", "share_stem", "image_size", "svhn_extra"} <= set(MODEL_FIELDS)
@@ -140,7 +141,7 @@ def test_a_run_saved_before_the_arch_and_method_fields_resumes(tmp_path):
     save_checkpoint(run_dir, state)
     config, _ = train.config_for(parse_flags(["--resume", str(run_dir), "--epochs", "2",
                                               "--no-share-stem", "--shared-stages", "0"]))
-    with pytest.raises(CheckpointError, match="share_stem: checkpoint=.*, requested=False"):
+    with pytest.raises(ResumeMismatchError, match=r"--share-stem True \(now False\)"):
         train.run(config)
     assert train.main(["--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
     assert load_checkpoint(run_dir)["epoch"] == 2

@@ -269,6 +269,13 @@ MODEL_FIELDS = ("dataset", "svhn_extra", "image_size", "arch", "branch_at", "arc
 # Fields that say where and how this invocation runs, never taken from a resumed checkpoint.
 INVOCATION_FIELDS = ("resume", "overwrite", "out_dir", "progress", "device", "data_threads",
                      "prefetch")
+# Fields that do not change what a run computes: two configs differing only here describe the
+# same experiment (the table runner matches a run folder to its plan on every other field, and
+# the config hash in run.json leaves these out).
+INCIDENTAL_FIELDS = (*INVOCATION_FIELDS, "data_dir", "download", "tensorboard", "eval_every")
+# What --resume may change: the incidental fields, and the length of the run with the schedule
+# scaled from it. Any other difference from the checkpoint's config is refused.
+RESUMABLE_FIELDS = (*INCIDENTAL_FIELDS, "epochs", "lr_milestones", "rampup")
 
 
 def flag_name(name: str) -> str:
@@ -300,6 +307,7 @@ def config_from_dict(values: dict[str, object]) -> TrainConfig:
     return TrainConfig(**fixed)
 
 
-__all__ = ["ARCH_OPTION_FIELDS", "AT_LEAST_1", "GROUPS", "INVOCATION_FIELDS", "MODEL_FIELDS",
+__all__ = ["ARCH_OPTION_FIELDS", "AT_LEAST_1", "GROUPS", "INCIDENTAL_FIELDS",
+           "INVOCATION_FIELDS", "MODEL_FIELDS", "RESUMABLE_FIELDS",
            "NON_NEGATIVE", "POSITIVE", "Range", "TrainConfig", "config_from_dict",
            "config_to_dict", "flag_name", "option", "show_value"]

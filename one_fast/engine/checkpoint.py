@@ -178,6 +178,35 @@ def _resolve_checkpoint_path(path_or_run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def checkpoint_progress(path_or_run_dir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """The epochs a checkpoint holds and its stored config, without reading its tensors.
+
+    The file is memory-mapped (``torch.load(mmap=True)``), so this costs a few milliseconds
+    even for a large network: what the table runner and the run-folder checks read to decide
+    whether a run is finished (the checkpoint, not its ``.json`` companion, is the record of
+    how far a run got).
+
+    Returns:
+        ``(epoch, config)``; ``config`` is ``{}`` for a checkpoint saved without one.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        CheckpointError: unreadable, or without an integer ``"epoch"``.
+    """
+    path = _resolve_checkpoint_path(path_or_run_dir)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # weights-only: nothing ran; any failure means "unusable"
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt?): {_describe(err)}"
+        ) from err
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    if not isinstance(epoch, int):
+        raise CheckpointError(f"checkpoint {path} does not say which epoch it holds")
+    config = state.get("config")
+    return epoch, dict(config) if isinstance(config, Mapping) else {}
+
+
 def _same(a: Any, b: Any) -> bool:
     # Tuples and lists compare equal by content (a tuple field may come back as a list).
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

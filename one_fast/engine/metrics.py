@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import atomic_write
+
 try:
     import resource
 except ImportError:  # Windows
@@ -155,6 +157,7 @@ class MetricsLogger:
         plain = _plain(record, "")
         self._file.write(json.dumps(plain, allow_nan=False) + "\n")
         self._file.flush()
+        os.fsync(self._file.fileno())  # the record is on disk before the epoch's checkpoint
         if self._writer is not None:
             step = plain.get("epoch")
             step = int(step) if isinstance(step, int) else self._count
@@ -222,6 +225,51 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record)}")
         records.append(record)
     return records
+
+
+def trim_metrics(run_dir: str | os.PathLike, last_epoch: int,
+                 into: str | os.PathLike | None = None) -> int:
+    """Keep the records of epochs up to ``last_epoch`` (a checkpoint's), before a resume appends.
+
+    A run killed mid-write leaves a partial last line, and one killed between logging an epoch
+    and saving its checkpoint leaves a record the resumed run will write again; both are
+    dropped, so the resumed file reads as one uninterrupted run. The file is rewritten
+    atomically, and only when something is dropped.
+
+    Args:
+        run_dir: the run folder holding ``metrics.jsonl`` (a missing file keeps nothing).
+        last_epoch: the last epoch to keep.
+        into: write the kept records to this folder's ``metrics.jsonl`` instead (a resumed run
+            continuing in another folder takes its history along).
+
+    Returns:
+        The number of records kept.
+
+    Raises:
+        ValueError: a malformed line before the last, naming the file and line number.
+    """
+    source = Path(run_dir) / METRICS_NAME
+    target = Path(into) / METRICS_NAME if into is not None else source
+    lines = source.read_text("utf-8").splitlines(keepends=True) if source.is_file() else []
+    kept: list[str] = []
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if n == last:  # the partial record of a killed write
+                break
+            raise ValueError(f"{source}:{n + 1}: not a JSON record ({err}); the file cannot "
+                             "be continued") from err
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) \
+                and record["epoch"] <= last_epoch:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if target != source or len(kept) != len([ln for ln in lines if ln.strip()]):
+        text = "".join(kept).encode("utf-8")
+        atomic_write(target, lambda f: f.write(text))
+    return len(kept)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from ..data import DATASETS
+from ..runs.interrupt import sigint_stops
 from .launch_cli import add_launcher_flags, run_launcher, uses_launcher
 from .report import write_table
-from .runner import PRECISIONS, RunnerOptions, run_table, table_dir
+from .runner import PRECISIONS, RunInterrupted, RunnerOptions, run_table, table_dir
 from .tables import TABLES, build_table
 
 
@@ -46,11 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only these configurations (and the teachers they need)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     add_launcher_flags(parser)
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="replace stale runs (trained with other settings, or without "
+                             "run.json) and unreadable ones (their folder is replaced as by "
+                             "the trainer's --overwrite); without it they are reported, never "
+                             "counted")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 1 when a run failed, else 0."""
+    """Command-line entry point; returns 1 when a run failed or is stale, 130 after Ctrl-C,
+    else 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
@@ -60,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     options = RunnerOptions(out_dir=Path(args.out_dir), seeds=tuple(args.seeds),
                             epochs=args.epochs, data_dir=args.data_dir,
                             precision=args.precision, extra_flags=tuple(extra),
-                            dry_run=args.dry_run)
+                            dry_run=args.dry_run, rerun_stale=args.rerun_stale)
+    with sigint_stops(once=False):  # also when started with SIGINT ignored (nohup ... &)
+        return _run(args, options)
+
+
+def _run(args: argparse.Namespace, options: RunnerOptions) -> int:
     try:
         table = build_table(args.table, args.dataset)
         if args.only:
@@ -74,17 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except RunInterrupted as err:
+        print(err, file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept and the interrupted one keeps its last "
-              "checkpoint; run the same command again to continue", file=sys.stderr)
+        print("interrupted between runs: finished runs are kept; run the same command again "
+              "to continue", file=sys.stderr)
         return 130
     if args.dry_run:
         return 0
     write_table(result, options, path)
     failed = [key for key, o in result.outcomes.items() if o.status == "failed"]
-    print(f"table: {path} ({len(result.runs) - len(failed)} of {len(result.runs)} runs "
-          f"finished{', ' + str(len(failed)) + ' failed' if failed else ''})")
-    return 1 if failed else 0
+    stale = [key for key, o in result.outcomes.items() if o.status == "stale"]
+    done = sum(o.status == "finished" for o in result.outcomes.values())
+    print(f"table: {path} ({done} of {len(result.runs)} runs finished"
+          f"{', ' + str(len(failed)) + ' failed' if failed else ''}"
+          f"{', ' + str(len(stale)) + ' stale (--rerun-stale replaces them)' if stale else ''})")
+    return 1 if failed or stale else 0
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from ..runs.status import FINISHED, RunState
 from .locks import RunLock, RunLocked
 from .runner import (
-    FINISHED,
-    RESUME,
     PlannedRun,
     RunnerOptions,
     command_for,
-    finished_record,
     plan_runs,
     run_state,
     shown_command,
@@ -92,10 +90,13 @@ class RunJob:
                 return run
         raise ValueError(f"table {self.table.name!r} has no run {self.config} seed {self.seed}")
 
-    def command(self, state: str) -> list[str]:
-        """The command that trains this run from ``state`` (printed, re-runnable by hand)."""
-        return distributed_command(command_for(self.planned(), state), self.tasks,
-                                   self.launcher)
+    def command(self, state: RunState | None = None) -> list[str]:
+        """The command that trains this run from ``state`` (None: from scratch), printed and
+        re-runnable by hand."""
+        run = self.planned()
+        base = list(run.command) if state is None else command_for(run, state,
+                                                                   self.options.rerun_stale)
+        return distributed_command(base, self.tasks, self.launcher)
 
     def _record(self, run: PlannedRun, status: str, command: list[str], error: str = "") -> None:
         if not run.run_dir.is_dir():
@@ -114,8 +115,7 @@ class RunJob:
                 depending on it are cancelled).
         """
         run = self.planned()
-        if run.teacher is not None and finished_record(run.teacher.run_dir,
-                                                       self.options.epochs) is None:
+        if run.teacher is not None and run_state(run.teacher).state != FINISHED:
             raise RuntimeError(f"its teacher run {run.teacher.run_dir} did not finish")
         live = (lambda: set(live_jobs() or {})) if self.launcher == "slurm" else None
         try:
@@ -129,11 +129,13 @@ class RunJob:
         return result
 
     def _train(self, run: PlannedRun) -> JobResult:
-        state = run_state(run, self.options.epochs)
-        if state == FINISHED:
+        state = run_state(run)
+        if state.state == FINISHED:
             return JobResult(FINISHED, "finished earlier")
+        if command_for(run, state, self.options.rerun_stale) is None:
+            return JobResult(state.state, f"{state.detail}; --rerun-stale replaces it")
         command = self.command(state)
-        if state == RESUME:
+        if state.resumable:
             self._record(run, RUNNING, command)
         print(f"{run.config.name} seed {run.seed}: {shown_command(command)}", flush=True)
         try:
@@ -142,10 +144,11 @@ class RunJob:
             self._record(run, INTERRUPTED, command, "stopped (preempted, timed out or "
                          "interrupted) after its last checkpoint; the next attempt resumes")
             raise
-        record = finished_record(run.run_dir, self.options.epochs) if code == 0 else None
-        if record is None and not reason:
-            reason = "the trainer exited without the last epoch's test accuracy in its metrics"
-        status = FINISHED if record is not None else FAILED
+        after = run_state(run)
+        finished = code == 0 and after.state == FINISHED
+        if not finished and not reason:
+            reason = f"the trainer exited but the run is {after.state}: {after.detail}"
+        status = FINISHED if finished else FAILED
         if code < 0 or code == INTERRUPTED_EXIT:  # a signal (Slurm's requeue, preemption or
             # cancel) or Ctrl-C: the run keeps its last checkpoint and resumes next time
             why = "Ctrl-C" if code == INTERRUPTED_EXIT else f"signal {-code}"

@@ -8,7 +8,7 @@ import sys
 
 from .local_launcher import launch_local
 from .report import render
-from .runner import NEW, RunnerOptions, shown_command
+from .runner import RunnerOptions, shown_command
 from .slurm import SlurmError, parse_time
 from .slurm_launcher import (
     SlurmOptions,
@@ -106,7 +106,7 @@ def run_launcher(args: argparse.Namespace, table: Table, options: RunnerOptions)
     slurm = slurm_options(args)
     if args.dry_run:
         for job in slurm_jobs(table, slurm_precision(options, slurm), slurm):
-            print(f"{job.config} seed {job.seed}: {shown_command(job.command(NEW))}")
+            print(f"{job.config} seed {job.seed}: {shown_command(job.command())}")
         return 0
     try:
         ids = launch_slurm(table, options, slurm)

@@ -1,33 +1,45 @@
-"""TABLE.md: measured test error (mean ± std over seeds) beside the paper's, and provenance."""
+"""TABLE.md: measured test error (mean ± std over seeds) beside the paper's, the commits of
+the runs each row averages, and the runs not counted (failed, stale)."""
 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 from ..costs import FLOPS_CONVENTION
 from ..files import atomic_write
+from ..runs.provenance import code_label, code_version
 from .run_costs import configuration_costs
-from .runner import FINISHED, RunnerOptions, TableResult, precision_label, resolve_precision
+from .runner import (
+    FINISHED,
+    STALE,
+    RunnerOptions,
+    TableResult,
+    precision_label,
+    resolve_precision,
+)
 from .tables import OUTPUT_METRIC, STUDENT, Configuration, Row
 
 
 def provenance() -> str:
-    """The code that trained: ``git describe --always --dirty`` of the package's checkout, or
-    the installed package's version where there is no git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty",
-                              "--abbrev=12"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"commit {out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from .. import __version__
+    """The code that writes the table: ``commit <hash>[-dirty]`` of the package's checkout,
+    or the installed package's version where there is no git checkout."""
+    label = code_label(code_version())
+    return label if label.startswith("one_fast") else f"commit {label}"
 
-    return f"one_fast {__version__} (no git checkout)"
+
+def commits_cell(result: TableResult, config: Configuration) -> str:
+    """The commits of the finished runs a row averages (from their run.json): one, or
+    ``MIXED: a, b`` when they differ (or one run was resumed under another commit)."""
+    labels: list[str] = []
+    for run in result.runs:
+        outcome = result.outcome(run)
+        if run.config is config and outcome.status == FINISHED:
+            labels += [c for c in outcome.commits if c not in labels]
+    if len(labels) > 1:
+        return "MIXED: " + ", ".join(labels)
+    return labels[0] if labels else ""
 
 
 def errors_percent(result: TableResult, config: Configuration, row: Row) -> dict[int, float]:
@@ -77,7 +89,7 @@ def render(result: TableResult, options: RunnerOptions) -> str:
     table = result.table
     precision = precision_label(resolve_precision(options.precision))
     head = ["configuration", "row", "precision", "test error % (mean ± std)", "paper",
-            "seeds finished", "seeds failed"]
+            "seeds finished", "seeds failed", "seeds stale", "commit"]
     if table.costs:
         head += ["params", "train FLOPs/img", "test FLOPs/img"]
     lines = [f"# {table.title}", "",
@@ -87,18 +99,22 @@ def render(result: TableResult, options: RunnerOptions) -> str:
              + (" · extra trainer flags: " + " ".join(options.extra_flags)
                 if options.extra_flags else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    failures = []
+    failures, stale_runs = [], []
     for config in table.configurations:
         failed = [r for r in result.runs if r.config is config
                   and result.outcome(r).status == "failed"]
+        stale = [r for r in result.runs if r.config is config
+                 and result.outcome(r).status == STALE]
         failures += [(r, result.outcome(r).error) for r in failed]
+        stale_runs += [(r, result.outcome(r).error) for r in stale]
         for row in config.rows:
             errors = errors_percent(result, config, row)
             cells = [f"{config.name} ({config.label})", row.label, precision,
                      mean_std([errors[s] for s in sorted(errors)]),
                      "" if row.paper is None else f"{row.paper:.2f}",
                      " ".join(map(str, sorted(errors))),
-                     " ".join(str(r.seed) for r in failed)]
+                     " ".join(str(r.seed) for r in failed),
+                     " ".join(str(r.seed) for r in stale), commits_cell(result, config)]
             if table.costs:
                 cells += _costs_cells(result, config, row)
             lines.append("| " + " | ".join(cells) + " |")
@@ -115,6 +131,10 @@ def render(result: TableResult, options: RunnerOptions) -> str:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {r.config.name} seed {r.seed}: {why} (log: {r.log_path})"
                   for r, why in failures]
+    if stale_runs:
+        lines += ["", "## Stale runs (not counted; `--rerun-stale` replaces them)", ""]
+        lines += [f"- {r.config.name} seed {r.seed}: {why} ({r.run_dir})"
+                  for r, why in stale_runs]
     return "\n".join(lines) + "\n"
 
 
@@ -124,4 +144,5 @@ def write_table(result: TableResult, options: RunnerOptions, path: Path) -> Path
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-__all__ = ["errors_percent", "mean_std", "provenance", "render", "write_table"]
+__all__ = ["commits_cell", "errors_percent", "mean_std", "provenance", "render",
+           "write_table"]

@@ -7,16 +7,21 @@ Layout under ``--out-dir`` (default ``runs/experiments``)::
     <out>/<table>/<configuration>/<variant>/seed<k>.log     the trainer's output, every attempt
 
 ``variant`` is the precision ("bf16" or "fp32"), plus ``-e<N>`` when ``--epochs N`` overrides
-the recipe, so runs that differ in either never share a folder. A run whose metrics end with
-the test accuracy of its last epoch is finished and skipped; one with a checkpoint resumes from
-it (``--resume``); a folder holding only an unfinished start (no checkpoint) is replaced
+the recipe, so runs that differ in either never share a folder. Each run folder is judged by
+:func:`one_fast.runs.status.classify_run` against the plan's resolved config: a finished run
+of that config is skipped; a partial one resumes from its checkpoint (``--resume``) or, without
+one, starts afresh; a stale one (another config, or no provenance) and an unreadable one are
+never counted nor continued -- they are reported, and ``--rerun-stale`` replaces them
 (``--overwrite``). A failing run is reported and the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -26,14 +31,21 @@ from pathlib import Path
 
 import torch
 
+from ..cli.train_flags import parse_flags
+from ..config import TrainConfig, config_from_flags
 from ..engine.metrics import read_metrics
+from ..runs.provenance import commits
+from ..runs.status import FAILED, FINISHED, MISSING, STALE, RunState, classify_run
 from .locks import RunLock, RunLocked
 from .tables import Configuration, Table
 
 TRAIN_MODULE = "one_fast.train"
 PRECISIONS = ("auto", "bf16", "none")
-FINISHED, RESUME, OVERWRITE, NEW = "finished", "resume", "overwrite", "new"
 INTERRUPT_GRACE_S = 60  # how long a Ctrl-C'd trainer may take to stop by itself
+
+
+class RunInterrupted(Exception):
+    """The runner was interrupted while a trainer ran; the message says what became of it."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class RunnerOptions:
         extra_flags: more trainer flags, appended to every command (they win over the
             table's own, e.g. ``--fused``).
         dry_run: print the commands only.
+        rerun_stale: replace stale and unreadable runs (``--overwrite``) instead of reporting
+            them.
     """
 
     out_dir: Path = Path("runs/experiments")
@@ -59,6 +73,7 @@ class RunnerOptions:
     precision: str = "auto"
     extra_flags: tuple[str, ...] = ()
     dry_run: bool = False
+    rerun_stale: bool = False
 
 
 def resolve_precision(precision: str) -> str:
@@ -93,6 +108,8 @@ class PlannedRun:
         command: the training command (``python -m one_fast.train ...``), without the
             ``--resume``/``--overwrite`` its state may add.
         teacher: the planned run of the teacher (kd), if any.
+        planned: the trainer's config that ``command`` resolves to (None: the command is
+            refused by the trainer, which then says why).
     """
 
     config: Configuration
@@ -101,6 +118,7 @@ class PlannedRun:
     log_path: Path
     command: list[str]
     teacher: PlannedRun | None = None
+    planned: TrainConfig | None = None
 
 
 @dataclass
@@ -108,10 +126,11 @@ class Outcome:
     """What became of a run in this invocation.
 
     Attributes:
-        status: "finished", "failed" or "pending" (not run: dry run).
+        status: "finished", "failed", "stale" (not counted: another config, or no provenance)
+            or "pending" (not run: dry run).
         record: the last metrics record (with "test_acc") of a finished run.
         costs: the cost record the trainer stored in the run's metrics, if any.
-        error: why a failed run failed (one line).
+        error: why a failed run failed, or why a stale one is stale (one line).
         trained: this invocation trained it (False: it was finished already, or failed before
             starting).
         seconds: wall time of this invocation's training of it.
@@ -123,6 +142,7 @@ class Outcome:
     error: str = ""
     trained: bool = False
     seconds: float = 0.0
+    commits: tuple[str, ...] = ()
 
 
 @dataclass
@@ -181,7 +201,8 @@ def plan_runs(table: Table, options: RunnerOptions) -> list[PlannedRun]:
                 command += ["--epochs", str(options.epochs)]
             command += ["--seed", str(seed), "--amp", amp, "--out-dir", str(run_dir),
                         "--no-progress", *options.extra_flags]
-            run = PlannedRun(config, seed, run_dir, log, command, teacher)
+            run = PlannedRun(config, seed, run_dir, log, command, teacher,
+                             planned_config(command))
             runs.append(run)
             by_key[(config.name, seed)] = run
     return runs
@@ -192,35 +213,15 @@ def shown_command(command: list[str]) -> str:
     return shlex.join(["python", *command[1:]] if command[0] == sys.executable else command)
 
 
-def _checkpoint_meta(run_dir: Path) -> dict | None:
-    import json
-
+def planned_config(command: list[str]) -> TrainConfig | None:
+    """The config the trainer resolves ``command``'s flags to, or None where it refuses them
+    (the trainer's own run then reports why)."""
+    flags = command[command.index(TRAIN_MODULE) + 1:]
     try:
-        return json.loads((run_dir / "checkpoint.json").read_text("utf-8"))
-    except (OSError, ValueError):
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text on bad flags
+            return config_from_flags(parse_flags(flags))[0]
+    except (ValueError, SystemExit):
         return None
-
-
-def finished_record(run_dir: Path, epochs: int | None = None) -> dict | None:
-    """The final metrics record of a finished run, else None.
-
-    Finished: the run's checkpoint holds its last epoch (the ``epochs`` asked for, or the
-    run's own configured epochs) and its metrics end with that epoch's test accuracy.
-    """
-    meta = _checkpoint_meta(run_dir)
-    if meta is None or not (run_dir / "metrics.jsonl").is_file():
-        return None
-    target = epochs if epochs is not None else (meta.get("config") or {}).get("epochs")
-    if target is None or meta.get("epoch") != target:
-        return None
-    try:
-        records = read_metrics(run_dir)
-    except ValueError:
-        return None
-    last = next((r for r in reversed(records) if "epoch" in r), None)
-    if last is None or last["epoch"] != target or not isinstance(last.get("test_acc"), dict):
-        return None
-    return last
 
 
 def stored_costs(run_dir: Path) -> dict | None:
@@ -232,23 +233,24 @@ def stored_costs(run_dir: Path) -> dict | None:
     return next((r["costs"] for r in records if isinstance(r.get("costs"), dict)), None)
 
 
-def run_state(run: PlannedRun, epochs: int | None) -> str:
-    """finished, resume (a checkpoint exists), overwrite (only an unfinished start) or new."""
-    if finished_record(run.run_dir, epochs) is not None:
-        return FINISHED
-    if (run.run_dir / "checkpoint.pt").is_file():
-        return RESUME
-    if run.run_dir.is_dir() and any(run.run_dir.iterdir()):
-        return OVERWRITE
-    return NEW
+def run_state(run: PlannedRun) -> RunState:
+    """The run folder's state against the plan (:func:`one_fast.runs.status.classify_run`)."""
+    if run.planned is None:
+        return RunState(MISSING, "the trainer refuses this configuration's flags")
+    return classify_run(run.run_dir, run.planned)
 
 
-def command_for(run: PlannedRun, state: str) -> list[str]:
-    """The command for a run in ``state``: resume its checkpoint, or replace a dead start."""
-    if state == RESUME:
+def command_for(run: PlannedRun, state: RunState, rerun_stale: bool = False
+                ) -> list[str] | None:
+    """The command for a run in ``state``: resume its checkpoint, start it (a folder without a
+    checkpoint is replaced by the trainer itself), replace it (``rerun_stale``), or None: a
+    finished run, and a stale or unreadable one that is not to be replaced."""
+    if state.state == FINISHED:
+        return None
+    if state.state == STALE or not state.readable:
+        return [*run.command, "--overwrite"] if rerun_stale else None
+    if state.resumable:
         return [*run.command, "--resume", str(run.run_dir)]
-    if state == OVERWRITE:
-        return [*run.command, "--overwrite"]
     return list(run.command)
 
 
@@ -295,16 +297,46 @@ def train(command: list[str], log_path: Path,
         try:
             code = proc.wait()
         except KeyboardInterrupt:
-            # Ctrl-C reached the trainer too: let it finish its own shutdown (it keeps its
-            # last checkpoint), so starting the runner again resumes the run.
-            try:
-                proc.wait(timeout=INTERRUPT_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise
+            killed = stop_trainer(proc)
+            raise RunInterrupted(f"exit code {proc.returncode}" + (
+                f" (it had not stopped {INTERRUPT_GRACE_S} s after the interrupt and was "
+                "killed)" if killed else "")) from None
         seconds = time.perf_counter() - began
     return code, seconds, (_failure_reason(log_path, start, code) if code else "")
+
+
+def stop_trainer(proc: subprocess.Popen) -> bool:
+    """Pass an interrupt on to the trainer and wait for its clean stop (it keeps its last
+    checkpoint); True when it had to be killed (no stop within ``INTERRUPT_GRACE_S``, or a
+    second Ctrl-C).
+
+    A Ctrl-C at a terminal reaches the trainer by itself, but a ``kill -INT`` of the runner
+    alone does not: forward it either way (the trainer ignores a repeat while it stops).
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=INTERRUPT_GRACE_S)
+        return False
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
+        return True
+
+
+def interrupted_message(run: PlannedRun, how: str) -> str:
+    """What became of the run a trainer was training when the runner was interrupted."""
+    state = run_state(run)
+    head = f"interrupted: {run.config.name} seed {run.seed} ({how})"
+    if state.state == FINISHED:
+        what = "had finished all its epochs before it stopped; it counts as finished"
+    elif state.epoch:
+        what = (f"keeps its checkpoint of epoch {state.epoch} of {run.planned.epochs}"
+                if run.planned else f"keeps its checkpoint of epoch {state.epoch}")
+    else:
+        what = "stopped before its first epoch finished (nothing of it is kept)"
+    return (f"{head} {what}; finished runs are kept: run the same command again to "
+            "continue")
 
 
 def _duration(seconds: float) -> str:
@@ -332,19 +364,18 @@ def run_table(table: Table, options: RunnerOptions,
     """
     runs = plan_runs(table, options)
     result = TableResult(table, runs)
-    states = {id(run): run_state(run, options.epochs) for run in runs}
-    to_train = sum(state != FINISHED for state in states.values())
+    states = {id(run): run_state(run) for run in runs}
+    commands = {id(run): command_for(run, states[id(run)], options.rerun_stale) for run in runs}
+    to_train = sum(command is not None for command in commands.values())
     durations: list[float] = []
     for k, run in enumerate(runs, 1):
-        state = states[id(run)]
+        state, command = states[id(run)], commands[id(run)]
         head = f"[{k}/{len(runs)}] {run.config.name} seed {run.seed}"
         key = (run.config.name, run.seed)
-        if state == FINISHED:
-            record = finished_record(run.run_dir, options.epochs)
-            result.outcomes[key] = Outcome(FINISHED, record, stored_costs(run.run_dir))
-            say(f"{head}: finished earlier, skipped ({run.run_dir})")
+        if command is None:
+            result.outcomes[key] = held_outcome(run, state)
+            say(f"{head}: {_held_line(state)} ({run.run_dir})")
             continue
-        command = command_for(run, state)
         if options.dry_run:
             say(f"{head}: {shown_command(command)}")
             continue
@@ -362,26 +393,52 @@ def run_table(table: Table, options: RunnerOptions,
             say(f"{head}: skipped: {err}")
             to_train -= 1
             continue
-        verb = {RESUME: "resuming", OVERWRITE: "restarting (no checkpoint)"}.get(state, "training")
-        say(f"{head}: {verb}, log {run.log_path}\n  {shown_command(command)}")
+        say(f"{head}: {_verb(state, command)}, log {run.log_path}\n  {shown_command(command)}")
         try:
             code, seconds, reason = train(command, run.log_path)
+        except RunInterrupted as err:
+            raise RunInterrupted(interrupted_message(run, str(err))) from None
         finally:
             lock.release()
-        record = finished_record(run.run_dir, options.epochs) if code == 0 else None
-        if record is None and not reason:
-            reason = "the trainer exited without the last epoch's test accuracy in its metrics"
-        outcome = Outcome(FINISHED if record else "failed", record,
-                          stored_costs(run.run_dir) if record else None, reason, True, seconds)
-        result.outcomes[key] = outcome
+        after = run_state(run)
+        finished = code == 0 and after.state == FINISHED
+        if not finished and not reason:
+            reason = f"the trainer exited but the run is {after.state}: {after.detail}"
+        result.outcomes[key] = Outcome(
+            FINISHED if finished else "failed", after.record if finished else None,
+            stored_costs(run.run_dir) if finished else None, reason, True, seconds,
+            tuple(commits(after.provenance)))
         durations.append(seconds)
         to_train -= 1
         eta = (f"; ETA {_duration(to_train * sum(durations) / len(durations))} for {to_train} "
                f"more run{'s' if to_train != 1 else ''}") if to_train else ""
-        status = "done" if record else f"FAILED ({reason})"
+        status = "done" if finished else f"FAILED ({reason})"
         say(f"{head}: {status} in {_duration(seconds)}{eta}")
         _notify(on_update, result)
     return result
+
+
+def held_outcome(run: PlannedRun, state: RunState) -> Outcome:
+    """The outcome of a run this invocation does not train."""
+    if state.state == FINISHED:
+        return Outcome(FINISHED, state.record, stored_costs(run.run_dir),
+                       commits=tuple(commits(state.provenance)))
+    return Outcome(STALE if state.state == STALE else FAILED, error=state.detail)
+
+
+def _held_line(state: RunState) -> str:
+    if state.state == FINISHED:
+        return "finished earlier, skipped"
+    what = "stale" if state.state == STALE else "not counted"
+    return f"{what}: {state.detail}; --rerun-stale replaces it"
+
+
+def _verb(state: RunState, command: list[str]) -> str:
+    if command[-1] == "--overwrite":
+        return f"replacing the {state.state} run"
+    if state.resumable:
+        return f"resuming after epoch {state.epoch}"
+    return "restarting (no checkpoint)" if state.state != MISSING else "training"
 
 
 def _notify(on_update, result: TableResult) -> None:
@@ -389,7 +446,7 @@ def _notify(on_update, result: TableResult) -> None:
         on_update(result)
 
 
-__all__ = ["PRECISIONS", "Outcome", "PlannedRun", "RunnerOptions", "TableResult",
-           "command_for", "finished_record", "plan_runs", "precision_label",
-           "resolve_precision", "run_state", "run_table", "shown_command", "stored_costs",
-           "table_dir", "train"]
+__all__ = ["PRECISIONS", "Outcome", "PlannedRun", "RunInterrupted", "RunnerOptions",
+           "TableResult", "command_for", "held_outcome", "interrupted_message", "plan_runs",
+           "planned_config", "precision_label", "resolve_precision", "run_state", "run_table",
+           "shown_command", "stop_trainer", "stored_costs", "table_dir", "train"]

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..runs.status import FINISHED
 from .jobs import RunJob, table_jobs
-from .runner import FINISHED, NEW, RunnerOptions, shown_command, table_dir
+from .runner import RunnerOptions, shown_command, table_dir
 from .slurm import (
     SlurmError,
     live_jobs,
@@ -219,7 +220,7 @@ def launch_slurm(table: Table, options: RunnerOptions, slurm: SlurmOptions,
     record_jobs(folder, ids)
     for job in to_submit:
         say(f"{job.config} seed {job.seed}: Slurm job {ids[rel(job.planned().run_dir)]}\n"
-            f"  {shown_command(job.command(NEW))}")
+            f"  {shown_command(job.command())}")
     return ids
 
 

@@ -15,19 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..files import atomic_write
+from ..runs.status import FAILED, FINISHED, MISSING, PARTIAL, STALE, RunState
 from .locks import holder_alive, lock_path, read_holder
 from .report import write_table
 from .runner import (
-    FINISHED,
-    NEW,
     Outcome,
     PlannedRun,
     RunnerOptions,
     TableResult,
-    finished_record,
+    held_outcome,
     plan_runs,
     run_state,
-    stored_costs,
     table_dir,
 )
 from .slurm import live_jobs
@@ -35,16 +33,18 @@ from .tables import Table
 
 LAUNCH_NAME = "launch.json"  # in the run folder: launcher, job id, requeues, last status
 JOBS_NAME = "slurm_jobs.json"  # in the table folder: run folder -> Slurm job id
-QUEUED, RUNNING, FAILED, STALE, MISSING = "queued", "running", "failed", "stale", "missing"
+QUEUED, RUNNING = "queued", "running"
 INTERRUPTED = "interrupted"  # a launch.json status: stopped by a signal, resumes next time
-STATES = (FINISHED, RUNNING, QUEUED, FAILED, STALE, MISSING)
+# --status: finished, running, queued, partial (started, nobody training it: the next launch
+# resumes it), failed, stale (trained with other settings), missing (not started).
+STATES = (FINISHED, RUNNING, QUEUED, PARTIAL, FAILED, STALE, MISSING)
 
 
-def folder_state(run: PlannedRun, options: RunnerOptions) -> str:
-    """What the run's folder alone says: "finished", "partial" (started, not finished) or
-    "missing". The one place ``--status`` and the launchers read a folder's state."""
-    state = run_state(run, options.epochs)
-    return FINISHED if state == FINISHED else ("missing" if state == NEW else "partial")
+def folder_state(run: PlannedRun) -> RunState:
+    """What the run's folder alone says against the plan
+    (:func:`one_fast.runs.status.classify_run`): the one place ``--status``, TABLE.md and the
+    launchers read a folder's state."""
+    return run_state(run)
 
 
 def read_launch(run_dir: Path) -> dict:
@@ -99,9 +99,9 @@ def collect_result(table: Table, options: RunnerOptions) -> TableResult:
     result = TableResult(table, runs)
     for run in runs:
         key = (run.config.name, run.seed)
-        record = finished_record(run.run_dir, options.epochs)
-        if record is not None:
-            result.outcomes[key] = Outcome(FINISHED, record, stored_costs(run.run_dir))
+        state = folder_state(run)
+        if state.state in (FINISHED, STALE) or not state.readable:
+            result.outcomes[key] = held_outcome(run, state)
             continue
         launch = read_launch(run.run_dir)
         if launch.get("status") == FAILED:
@@ -129,7 +129,8 @@ def run_status(run: PlannedRun, options: RunnerOptions, jobs: dict[str, str],
     Returns:
         (one of :data:`STATES`, detail).
     """
-    if folder_state(run, options) == FINISHED:
+    state = folder_state(run)
+    if state.state == FINISHED:
         return FINISHED, ""
     holder = read_holder(run.run_dir)
     job = jobs.get(_key(run, options))
@@ -140,9 +141,11 @@ def run_status(run: PlannedRun, options: RunnerOptions, jobs: dict[str, str],
     launch = read_launch(run.run_dir)
     if launch.get("status") == FAILED:
         return FAILED, str(launch.get("error", ""))
-    if folder_state(run, options) == "partial" or lock_path(run.run_dir).exists() or job:
+    if state.state in (STALE, FAILED):
+        return state.state, state.detail
+    if state.state == PARTIAL or lock_path(run.run_dir).exists() or job:
         why = f"Slurm job {job} is gone" if job else "nobody is training it"
-        return STALE, f"{why}; the next launch resumes it"
+        return PARTIAL, f"{why}; the next launch resumes it"
     return MISSING, ""
 
 

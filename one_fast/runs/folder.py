@@ -3,24 +3,27 @@
 A run folder holds exactly the files one training run writes (:data:`RUN_FILES`). Starting a
 new run in a folder that holds another's would overwrite its checkpoint, append to its metrics
 and plot the two as one, so :func:`prepare_run_folder` refuses unless the caller resumes that run
-or asks to replace it.
+or asks to replace it. A folder without a checkpoint is not a run yet (it died before its first
+epoch finished): starting a run there replaces its files.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..deploy.inputs import INPUTS_NAME
-from ..engine.checkpoint import CHECKPOINT_NAME
+from ..engine.checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_progress
 from ..engine.metrics import METRICS_NAME
+from .provenance import PROVENANCE_NAME
 
 # What a run writes into its folder (temp files of atomic writes start with ".<name>.").
 RUN_FILES = (CHECKPOINT_NAME, "checkpoint.json", METRICS_NAME, "curves.png", "tensorboard",
-             INPUTS_NAME, "launch.json")  # launch.json: the experiment launcher's record
+             INPUTS_NAME, PROVENANCE_NAME,
+             "launch.json")  # launch.json: the experiment launcher's record
 
 
 class RunFolderError(ValueError):
@@ -37,21 +40,25 @@ def _is_run_file(name: str) -> bool:
 
 
 def describe_run(folder: Path) -> str:
-    """A few words on the run in ``folder``, from its checkpoint metadata when there is one."""
+    """A few words on the run in ``folder``, from its checkpoint when there is one."""
     try:
-        meta = json.loads((folder / "checkpoint.json").read_text("utf-8"))
-        epochs = (meta.get("config") or {}).get("epochs")
-        return f"checkpoint after epoch {meta['epoch']}" + (f" of {epochs}" if epochs else "")
-    except (OSError, ValueError, KeyError, TypeError):
+        epoch, config = checkpoint_progress(folder)
+    except (FileNotFoundError, CheckpointError):
         return ", ".join(run_files(folder))
+    epochs = config.get("epochs")
+    return f"checkpoint after epoch {epoch}" + (f" of {epochs}" if epochs else "")
 
 
-def clear_run_folder(folder: Path) -> None:
+def clear_run_folder(folder: Path, reason: str = "--overwrite") -> None:
     """Delete the run in ``folder``: rename the folder aside, then delete that copy.
 
     The rename is atomic, so an interruption leaves either the whole old run in ``folder`` or
     none of it (at worst a hidden ``.<name>.replaced-*`` sibling to delete by hand), never a mix
     of old and new files. The folder is recreated empty.
+
+    Args:
+        folder: the run folder.
+        reason: why it is cleared, for the error message (a flag, or a phrase).
 
     Raises:
         RunFolderError: ``folder`` holds files a run does not write (never deleted).
@@ -59,7 +66,7 @@ def clear_run_folder(folder: Path) -> None:
     foreign = sorted(p.name for p in folder.iterdir() if not _is_run_file(p.name))
     if foreign:
         raise RunFolderError(
-            f"--overwrite: {folder} also holds files that are not a run's "
+            f"{reason}: {folder} also holds files that are not a run's "
             f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); refusing to "
             "delete them: choose another --out-dir, or move them away")
     aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.replaced-", dir=folder.parent))
@@ -80,13 +87,14 @@ def _check_writable(folder: Path) -> None:
 
 
 def prepare_run_folder(out_dir: str | os.PathLike, *, resume: str | None,
-                       overwrite: bool) -> Path:
+                       overwrite: bool, say: Callable[[str], None] | None = None) -> Path:
     """Check (and with ``overwrite`` clear) the folder a run is about to write.
 
     Args:
         out_dir: the run folder (``--out-dir``).
         resume: the folder or checkpoint being resumed (``--resume``), if any.
         overwrite: replace a run already in ``out_dir`` (``--overwrite``).
+        say: where the note goes when a folder without a checkpoint is replaced.
 
     Returns:
         The folder, created if missing.
@@ -106,7 +114,14 @@ def prepare_run_folder(out_dir: str | os.PathLike, *, resume: str | None,
         if continuing and overwrite:
             raise RunFolderError(f"--overwrite would delete the run --resume {resume} continues; "
                                  "drop one of the two")
-        if not continuing:
+        if not continuing and not overwrite and not (folder / CHECKPOINT_NAME).exists():
+            # Not a run yet: nothing of it can be continued.
+            clear_run_folder(folder, f"--out-dir {folder} holds no checkpoint to continue, so "
+                                     "its run starts afresh")
+            if say is not None:
+                say(f"{folder} held no checkpoint (no epoch of its run had finished): "
+                    "starting the run there afresh")
+        elif not continuing:
             if not overwrite:
                 raise RunFolderError(
                     f"--out-dir {folder} already holds a run ({describe_run(folder)}): continue "

@@ -2,8 +2,10 @@
 
 :func:`run` composes the library's pieces for one run folder; ``python -m one_fast.train`` is
 its command line. Under ``torchrun --nproc_per_node=K`` each process trains on its own shard of
-the training set with ``--batch-size`` images per step (the global batch is K times that) and
-rank 0 alone writes logs and checkpoints.
+the training set with ``--batch-size`` images per step (the global batch is K times that),
+rank 0 alone writes logs and checkpoints, every rank evaluates rank 0's model and logs the loss
+averaged over ranks; under ``torchrun --max-restarts=K`` a restarted worker group continues from
+the run folder's checkpoint (:mod:`.start`, which also writes the run's ``run.json``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import MODEL_FIELDS, TrainConfig, config_to_dict, validate_config
+from ..config import TrainConfig, config_to_dict, run_dir_of, validate_config
 from ..data.loaders import Loader, build_loaders
 from ..deploy import loader_input_spec, save_input_spec
 from ..engine import distributed
-from ..engine.checkpoint import CheckpointError, check_config, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..engine.evaluation import Evaluator
-from ..engine.metrics import MetricsLogger, gpu_telemetry, peak_memory_record, reset_peak_memory
+from ..engine.metrics import (
+    MetricsLogger,
+    gpu_telemetry,
+    peak_memory_record,
+    reset_peak_memory,
+)
 from ..engine.plot import plot_metrics
 from ..engine.progress import EpochProgress, epoch_line
 from ..engine.rng import capture_rng_state, restore_rng_state
@@ -29,6 +40,7 @@ from ..engine.step import NonFiniteLossError, TrainStep
 from ..methods import Method
 from ..models import ARCHS
 from ..models.resnet import blocks_per_stage
+from . import provenance
 from .assembly import (
     build_method,
     build_model,
@@ -37,8 +49,9 @@ from .assembly import (
     run_costs,
     training_module,
 )
-from .folder import prepare_run_folder
+from .interrupt import sigint_stops
 from .runtime import Runtime, build_optimizer, resolve_runtime
+from .start import begin_run, end_run
 
 PROGRESS_EVERY = 25  # steps between the (synchronising) reads of the running loss
 
@@ -50,15 +63,6 @@ class RunStopped(Exception):
 def make_method(config: TrainConfig, backend: str) -> Method:
     """The run's training method (its loss on ``backend`` for ONE)."""
     return build_method(config, backend)
-
-
-def _expected_fields(config: TrainConfig, stored: dict[str, object]) -> dict[str, object]:
-    """The model fields a checkpoint (its config ``stored``) must agree on. A field ``stored``
-    lacks (saved before the field existed) is checked only if this run sets it to other than
-    its default, which is what that older run trained with."""
-    defaults = TrainConfig()
-    return {name: getattr(config, name) for name in MODEL_FIELDS
-            if name in stored or getattr(config, name) != getattr(defaults, name)}
 
 
 def _say(dist: distributed.DistInfo, message: str) -> None:
@@ -82,7 +86,9 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
     Raises:
         RunStopped: interrupted (Ctrl-C) or the checkpoint could not be written; the message
             says which epoch's checkpoint is saved and how to continue.
-        ValueError: bad settings or an unusable run folder, naming the flag.
+        ValueError: bad settings, an unusable run folder, or a ``--resume`` that would change
+            the run's settings (:class:`~one_fast.runs.resume.ResumeMismatchError`), naming the
+            flag.
     """
     validate_config(config)
     if config.arch == "resnet":
@@ -102,16 +108,29 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
                              "tensorboard (or drop --tensorboard)") from None
     dist = distributed.init_distributed(config.device)
     try:
-        if dist.is_main:
-            prepare_run_folder(config.out_dir, resume=config.resume, overwrite=config.overwrite)
-            for note in notes:
-                print(note, flush=True)
-        return _train(config, dist)
+        with sigint_stops(once=True):
+            start = begin_run(config, dist, notes)
+            if start.record is not None:
+                return start.record
+            try:
+                record = _train(start.config, dist, start.from_epoch)
+            except (KeyboardInterrupt, RunStopped) as err:
+                interrupted = isinstance(err, KeyboardInterrupt) or str(err).startswith(
+                    "interrupted")
+                end_run(start, dist, provenance.INTERRUPTED if interrupted
+                        else provenance.FAILED, "" if interrupted else str(err))
+                raise
+            except Exception as err:
+                end_run(start, dist, provenance.FAILED, str(err))
+                raise
+            end_run(start, dist, provenance.FINISHED)
+            return record
     finally:
         distributed.shutdown()
 
 
-def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]:
+def _train(config: TrainConfig, dist: distributed.DistInfo, start_epoch: int
+           ) -> dict[str, object]:
     rt = resolve_runtime(config, dist)
     if rt.cpu_threads is not None:
         torch.set_num_threads(rt.cpu_threads)
@@ -145,26 +164,17 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                                     schedule=config.lr_schedule, epochs=config.epochs),
                       device=rt.device)
     optimizer = build_optimizer(config, rt, model, lr)
-    start_epoch = 0
     run_dir = Path(config.out_dir)
-    if config.resume:
+    if config.resume:  # begin_run checked that it continues this config
         state = load_checkpoint(config.resume, map_location=rt.device)
-        stored = state.get("config")
-        if not isinstance(stored, dict):
-            raise CheckpointError(f"checkpoint {config.resume} has no config to check the "
-                                  "model against")
-        check_config(stored, _expected_fields(config, stored), Path(config.resume))
-        if int(state["epoch"]) >= config.epochs:
-            raise ValueError(
-                f"--resume {config.resume}: that run already finished {state['epoch']} epochs "
-                f"(--epochs {config.epochs}); give --epochs N with N > {state['epoch']} to "
-                "train it longer")
+        if int(state["epoch"]) != start_epoch:
+            raise CheckpointError(f"checkpoint {config.resume} changed while the run started "
+                                  f"(epoch {start_epoch}, now {state['epoch']})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
             group["lr"] = lr  # keep the live device tensor the step reads
         restore_rng_state(state["rng"], rt.device)
-        start_epoch = int(state["epoch"])  # epochs completed
         _say(dist, f"resumed from {config.resume} after epoch {start_epoch}")
 
     train_model: nn.Module = pair
@@ -185,7 +195,10 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
     _say(dist, costs_line)
 
     record: dict[str, object] = {}
-    saved_epoch = start_epoch  # the epoch run_dir/checkpoint.pt holds (0: none of this run)
+    # The epoch run_dir/checkpoint.pt holds (0: none of this run; a run continued from another
+    # folder has none here until its first epoch is saved).
+    saved_epoch = start_epoch if config.resume and Path(run_dir_of(config.resume)).resolve() \
+        == run_dir.resolve() else 0
     try:
         with MetricsLogger(run_dir, enabled=dist.is_main,
                            tensorboard=config.tensorboard) as logger:
@@ -194,6 +207,9 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
                 if epoch == start_epoch:  # this invocation's first record carries the costs
                     record["costs"] = costs
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                    # Every rank evaluates the model the checkpoint holds: rank 0's BatchNorm
+                    # statistics (each rank updated its own from its shard).
+                    distributed.broadcast_buffers(model)
                     record["test_acc"] = evaluator(test_loader.eval_batches())
                 logger.log(record)
                 _say(dist, epoch_line(record, config.epochs))
@@ -217,8 +233,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
 def _saved_phrase(run_dir: Path, saved_epoch: int, epochs: int) -> str:
     """Which checkpoint survives in ``run_dir`` and the command that continues from it."""
     if saved_epoch == 0:
-        return (f"no epoch finished, so nothing was saved; start again with "
-                f"--out-dir {run_dir} --overwrite")
+        return ("no epoch finished, so nothing was saved; run the same command again to start "
+                f"over (a folder without a checkpoint, like {run_dir}, is replaced)")
     return (f"{run_dir / 'checkpoint.pt'} holds epoch {saved_epoch} of {epochs}; continue "
             f"with: python -m one_fast.train --resume {run_dir}")
 
@@ -267,11 +283,11 @@ def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, s
             images += y.shape[0]
             loss = None
             if _read_loss_after(i + 1):
-                means, _, bad = step.read_totals()
+                means, _, bad = _read_totals(step, rt.device)
                 _stop_if_bad(bad, epoch)
                 loss = means["loss"]
             progress.update(y.shape[0], loss)
-        means, steps, bad = step.read_totals()  # synchronises: the epoch's work is done
+        means, steps, bad = _read_totals(step, rt.device)  # syncs: the epoch's work is done
         elapsed = time.perf_counter() - start
         progress.close(loss=means["loss"])
     _stop_if_bad(bad, epoch)
@@ -292,6 +308,15 @@ def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, s
     if rt.cuda_graphs:
         record["cuda_graph_replays"] = step.graph_replays
     return record
+
+
+def _read_totals(step: TrainStep, device: torch.device) -> tuple[dict[str, float], int, int]:
+    """The step's loss terms averaged over every rank, its step count, and the first step with
+    a non-finite loss on any rank: every rank reads the same, so a non-finite loss on one stops
+    them all at the same step with the same message."""
+    means, steps, bad = step.read_totals()
+    means, bad = distributed.reduce_totals(means, bad, device)
+    return means, steps, bad
 
 
 def _read_loss_after(steps: int) -> bool:

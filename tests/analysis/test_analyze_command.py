@@ -39,7 +39,9 @@ def test_both_analyses_written_and_zero_noise_reproduces_the_runs_error(run_dir,
     agreement = json.loads((out / "agreement.json").read_text())
     assert agreement["members"] == 3 and len(agreement["disagreement"]) == 3
     assert agreement["member_error_percent"][0] == 100.0 * (1.0 - logged["branch_0"])
-    assert "student error" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "student error" in out
+    assert out.startswith(f"{run_dir}: trained by commit ")  # the run's provenance
 
 
 def test_missing_run_folder_is_one_error_line(tmp_path, capsys):

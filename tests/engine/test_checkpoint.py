@@ -203,3 +203,16 @@ def test_written_files_get_the_usual_mode(tmp_path):
     path = save_checkpoint(tmp_path, {"epoch": 1})
     for written in (path, tmp_path / "checkpoint.json"):
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
+
+
+def test_checkpoint_progress_reads_the_epoch_without_the_weights(tmp_path):
+    from one_fast.engine.checkpoint import checkpoint_progress
+
+    save_checkpoint(tmp_path, {"model": {"w": torch.ones(3)}, "epoch": 4,
+                               "config": {"epochs": 9}})
+    assert checkpoint_progress(tmp_path) == (4, {"epochs": 9})
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="is unreadable"):
+        checkpoint_progress(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        checkpoint_progress(tmp_path / "nope")

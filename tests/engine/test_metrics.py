@@ -208,3 +208,20 @@ def test_peak_memory_cpu():
     assert peak_memory_mb("meta") is None
     record = peak_memory_record("cpu")
     assert list(record) == ["peak_rss_mb"] and record["peak_rss_mb"] >= value
+
+
+def test_trim_metrics_keeps_what_the_checkpoint_holds(tmp_path):
+    from one_fast.engine.metrics import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"epoch": e, "train": {"loss": 1.0 / e}}) for e in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"epoch": 4, "tr')  # killed mid-write
+    assert trim_metrics(tmp_path, 2) == 2  # epoch 3 was logged, its checkpoint never written
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    other = tmp_path / "other"
+    assert trim_metrics(tmp_path, 1, into=other) == 1
+    assert (other / "metrics.jsonl").read_text() == lines[0] + "\n"
+    assert path.read_text().count("\n") == 2  # the source is left as it was
+    path.write_text(lines[0] + "\n{oops\n" + lines[1] + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        trim_metrics(tmp_path, 2)

@@ -187,7 +187,7 @@ def test_status_reads_every_state_from_the_folders(tmp_path):
         runs[2].run_dir.mkdir()
         write_launch(runs[2].run_dir, {"status": "failed", "error": "exit code 1: boom"})
         runs[3].run_dir.mkdir()
-        (runs[3].run_dir / "checkpoint.pt").write_bytes(b"")
+        (runs[3].run_dir / "metrics.jsonl").write_text("")  # started, no epoch saved
         lines = status_lines(table, options)
     finally:
         sleeper.kill()
@@ -195,8 +195,8 @@ def test_status_reads_every_state_from_the_folders(tmp_path):
     assert lines[0].startswith("missing  m2 seed 0")
     assert lines[1].startswith("running  m2 seed 1") and f"pid {sleeper.pid}" in lines[1]
     assert lines[2].startswith("failed   m2 seed 2") and "boom" in lines[2]
-    assert lines[3].startswith("stale    m2 seed 3") and "resumes it" in lines[3]
-    assert lines[4].startswith("4 runs: 1 running, 1 failed, 1 stale, 1 missing")
+    assert lines[3].startswith("partial  m2 seed 3") and "resumes it" in lines[3]
+    assert lines[4].startswith("4 runs: 1 running, 1 partial, 1 failed, 1 missing")
 
 
 def test_sequential_runner_skips_a_run_another_process_is_training(tmp_path):

@@ -25,6 +25,7 @@ from one_fast.experiments.runner import (
     run_table,
     table_dir,
 )
+from one_fast.runs.provenance import code_label, code_version
 
 from .digits_table import config, tiny_options, tiny_table
 
@@ -63,8 +64,9 @@ def test_runner_resumes_survives_a_failure_reports_and_skips_finished(tmp_path, 
     killed = next(r for r in runs if r.config.name == "m2" and r.seed == 0)
     saved = _kill_after_first_checkpoint(killed)
     assert saved < 2, "the run finished before it could be killed"
-    assert run_state(killed, 2) == "resume"
-    assert command_for(killed, "resume")[-2:] == ["--resume", str(killed.run_dir)]
+    state = run_state(killed)
+    assert (state.state, state.epoch) == ("partial", saved)
+    assert command_for(killed, state)[-2:] == ["--resume", str(killed.run_dir)]
 
     # Seed 0 of "broken" (fails) and "m2" (resumes): the failure does not stop the next run.
     first, text, lines = _run(table.only(["broken", "m2"]), tiny_options(tmp_path, (0,), 2))
@@ -91,7 +93,8 @@ def test_runner_resumes_survives_a_failure_reports_and_skips_finished(tmp_path, 
         want = f"{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f}"
         row = next(line for line in text.splitlines()
                    if line.startswith(f"| {name} ") and f"| {row_label} |" in line)
-        assert f"| {want} |" in row and "| 0 1 |  |" in row
+        assert f"| {want} |" in row and "| 0 1 |  |  |" in row
+        assert row.endswith(f"| {code_label(code_version())} |")  # the runs' commit
     assert re.search(r"commit [0-9a-f]{7,}", text)
 
     # Again: nothing trains, checkpoints stay untouched, the same table.
