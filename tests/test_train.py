@@ -148,7 +148,8 @@ def test_help_lists_every_field_grouped_with_the_presets_defaults():
                           "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for name in vars(TrainConfig()):
         assert "--" + name.replace("_", "-") in out, name
-    for title in ("data:", "model:", "method (one, baseline, kd, dml, ensemble) and its loss:",
+    for title in ("data:", "model:",
+                  "method (one, baseline, kd, dml, ensemble, cl_ilr, okddip) and its loss:",
                   "optimisation:", "speed", "output"):
         assert "\n" + title in out, title
     flat = " ".join(out.split())

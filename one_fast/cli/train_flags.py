@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import fields
 
 from ..config import GROUPS, PRESETS, TrainConfig, config_from_flags, flag_name, show_value
+from ..methods import readers
 from ..models import ARCHS
 
 
@@ -48,6 +49,9 @@ def _flag_kwargs(f: dataclasses.Field, shown: object) -> dict[str, object]:
     meta = f.metadata
     text = (_arch_option_help(f.name, shown) if meta["arch_option"]
             else f"{meta['help']} (default: {_show_default(shown)})")
+    read_by = readers(f.name)
+    if read_by is not None:
+        text += f" Read by --method {', '.join(sorted(read_by))} only."
     kwargs: dict[str, object] = dict(default=argparse.SUPPRESS, help=text)
     kind = str(f.type)
     if kind.startswith("bool"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..methods import METHODS
-from ..models.factory import ARCHS
+from ..models.factory import ARCHS, LAYOUTS
 from ..models.own import is_own_arch
 from .own_arch import validate_own_arch
 from .schema import ARCH_OPTION_FIELDS, TrainConfig, flag_name, show_value
@@ -67,6 +67,10 @@ def validate_model_fields(config: TrainConfig) -> None:
 
 
 def _validate_method(config: TrainConfig) -> None:
+    layout = METHODS[config.method].layout
+    if layout != "one" and config.arch not in LAYOUTS[layout]:
+        raise ValueError(f"--method {config.method} builds its own branch layout of --arch "
+                         f"{', '.join(LAYOUTS[layout])} only, got --arch {config.arch}")
     METHODS[config.method]().check(num_branches=config.num_branches,
                                    shared_stages=config.shared_stages,
                                    share_stem=config.share_stem, gate=config.gate)

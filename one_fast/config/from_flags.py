@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-from ..methods import METHODS
+from ..methods import METHODS, READERS, unread_flags
 from .checks import validate_config
 from .presets import PRESETS
-from .schema import ARCH_OPTION_FIELDS, TrainConfig, show_value
+from .schema import ARCH_OPTION_FIELDS, TrainConfig, flag_name, show_value
 
 
 def scale_schedule(values: dict[str, object], given: dict[str, object],
@@ -100,7 +100,24 @@ def apply_method_requirements(values: dict[str, object], given: dict[str, object
         return
     method = cls()
     method.check(**{k: v for k, v in given.items() if k in method.required_model})
+    check_flags_read(method.name, given, method.required_model)
     values.update(method.required_model)
+    if values.get("lr_schedule") == "cosine":
+        for name in ("lr_milestones", "lr_decay"):
+            if name in given:
+                raise ValueError(f"{flag_name(name)} is read by --lr-schedule step only; the "
+                                 "cosine schedule has no milestones (leave it out)")
+
+
+def check_flags_read(method: str, given: dict[str, object], fixed: dict[str, object]) -> None:
+    """Refuse a flag the method does not read (:data:`one_fast.methods.READERS`), naming it
+    and the methods that do; a flag equal to what the method fixes is accepted."""
+    unread = unread_flags(method, given, fixed)
+    if unread:
+        field = unread[0]
+        raise ValueError(f"{flag_name(field)} is only used by --method "
+                         f"{', '.join(sorted(READERS[field]))} (this run is --method {method}); "
+                         "leave it out")
 
 
 def run_dir_of(path: str) -> str:
@@ -108,4 +125,5 @@ def run_dir_of(path: str) -> str:
     return os.path.dirname(path) or "." if path.endswith(".pt") else path
 
 
-__all__ = ["apply_method_requirements", "config_from_flags", "run_dir_of", "scale_schedule"]
+__all__ = ["apply_method_requirements", "check_flags_read", "config_from_flags", "run_dir_of",
+           "scale_schedule"]

@@ -36,6 +36,14 @@ PRESETS: dict[str, dict[str, object]] = {
     # 40-epoch run would end at exp(-5 (1 - 39/80)^2) = 0.27, never training that loss.
     "svhn": dict(dataset="svhn", svhn_extra=True, depth=32, block="basic", epochs=40,
                  batch_size=128, lr_milestones=(20, 30), rampup=11, out_dir="runs/svhn"),
+    # The protocol of winycg/MCL-OKD, the public code that runs DML, CL-ILR, ONE, OKDDip and
+    # MCL-OKD alike on CIFAR-100: 4 branches, 300 epochs, batch 128, SGD lr 0.1 momentum 0.9
+    # Nesterov, weight decay 5e-4, cosine from 0.1 to 0 (its SGDR with T_0 = 300), random crop
+    # (padding 4) + horizontal flip. No KL ramp-up here: of those scripts only OKDDip ramps
+    # (over 80 epochs; python -m one_fast.experiments okd gives it --rampup 80).
+    "okd": dict(dataset="cifar100", depth=32, block="basic", num_branches=4, epochs=300,
+                batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                lr_schedule="cosine", lr_milestones=(), rampup=0, out_dir="runs/okd"),
     # CIFAR-100-shaped random data: throughput runs, no accuracy to expect.
     "synthetic": dict(dataset="synthetic", depth=32, block="basic", epochs=2, batch_size=128,
                       lr_milestones=(), rampup=0, out_dir="runs/synthetic"),

@@ -22,7 +22,7 @@ from ..models.factory import ARCHS
 GROUPS = (
     ("data", "data"),
     ("model", "model"),
-    ("method", "method (one, baseline, kd, dml, ensemble) and its loss"),
+    ("method", "method (one, baseline, kd, dml, ensemble, cl_ilr, okddip) and its loss"),
     ("optimisation", "optimisation"),
     ("speed", "speed (defaults: on for CUDA, off on the CPU)"),
     ("output", "output and run folder"),
@@ -165,7 +165,9 @@ class TrainConfig:
     method: str = option(
         "one", "method",
         "Training method: one (ONE), baseline (one network, plain CE), kd (a student distilled "
-        "from --teacher), dml (Deep Mutual Learning peers), ensemble (m independent networks).",
+        "from --teacher), dml (Deep Mutual Learning peers), ensemble (m independent networks), "
+        "cl_ilr (CL-ILR: a tree of branches, each distilled from the others' mean), okddip "
+        "(OKDDip: m-1 peers with attention-weighted targets and a leader, the student).",
         choices=tuple(METHODS))
     teacher: str | None = option(
         None, "method",
@@ -175,7 +177,8 @@ class TrainConfig:
         "kd: what the teacher teaches with: ensemble (its ensemble's logits) or a branch index.")
     temperature: float | None = option(
         None, "method",
-        "Temperature T of the distillation terms (default: the method's, one 3, kd 4, dml 1).",
+        "Temperature T of the distillation terms (default: the method's, one 3, kd 4, dml 1, "
+        "cl_ilr 2, okddip 3).",
         within=POSITIVE)
     kl_weight: float = option(
         1.0, "method",
@@ -208,6 +211,12 @@ class TrainConfig:
     lr_decay: float = option(
         0.1, "optimisation", "Factor applied to the learning rate at each milestone.",
         within=Range(0, 1, low_open=True))
+    lr_schedule: str = option(
+        "step", "optimisation",
+        "Learning-rate schedule: step (times --lr-decay at each of --lr-milestones) or cosine "
+        "(per epoch from --lr down to 0 over --epochs: winycg/MCL-OKD's SGDR with T_0 = the "
+        "run's epochs; --lr-milestones and --lr-decay are not read).",
+        choices=("step", "cosine"))
     seed: int = option(0, "optimisation",
                        "Seed for initialisation, data order and augmentation.",
                        within=NON_NEGATIVE)

@@ -59,13 +59,12 @@ def describe(module: nn.Module, member: Member, method: Method, inputs: InputSpe
     inputs, parameter count and FLOPs per image (one_fast.costs' convention).
     """
     network = module.network if isinstance(module, PlainNetwork) else module
-    averaged = member == "ensemble" and not method.uses_gate
     flops = inference_flops(network, inputs.image_shape)
     arch, arch_options, num_branches = built_from(module)
     return {
         "member": member,
         "method": method.name,
-        "output": "log_probabilities" if averaged else "logits",
+        "output": method.ensemble_output if member == "ensemble" else "logits",
         "arch": arch,
         "arch_options": arch_options,
         "num_branches": num_branches,

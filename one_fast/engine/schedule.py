@@ -5,9 +5,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+SCHEDULES = ("step", "cosine")
 
-def learning_rate(epoch: int, base_lr: float, milestones: Sequence[int], decay: float) -> float:
-    """Step schedule: ``base_lr * decay**k`` with k the number of milestones <= epoch (0-based)."""
+
+def learning_rate(epoch: int, base_lr: float, milestones: Sequence[int], decay: float, *,
+                  schedule: str = "step", epochs: int | None = None) -> float:
+    """The learning rate of (0-based) ``epoch``.
+
+    Args:
+        epoch: the epoch about to be trained, from 0.
+        base_lr: the peak learning rate.
+        milestones, decay: the step schedule: ``base_lr * decay**k`` with k the number of
+            milestones <= epoch.
+        schedule: "step", or "cosine": ``base_lr * (1 + cos(pi * epoch / epochs)) / 2``, from
+            ``base_lr`` at epoch 0 towards 0 (winycg/MCL-OKD's SGDR with T_0 = ``epochs``;
+            milestones and decay are not read).
+        epochs: the run's length (needed by "cosine").
+    """
+    if schedule == "cosine":
+        if not epochs or epochs < 1:
+            raise ValueError(f"the cosine schedule needs the run's epochs >= 1, got {epochs!r}")
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule != "step":
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     return base_lr * decay ** sum(1 for m in milestones if epoch >= m)
 
 

@@ -1,8 +1,9 @@
 """``python -m one_fast.experiments TABLE [options] [-- extra trainer flags]``.
 
-Trains every configuration x seed of one of the paper's tables (main, compare, ensembles,
-ablation, branches) as ordinary ``python -m one_fast.train`` runs, skipping finished runs and
-resuming unfinished ones, and rewrites ``<out-dir>/<TABLE>/TABLE.md`` after every run.
+Trains every configuration x seed of one of the tables (the ONE paper's main, compare,
+ensembles, ablation, branches; okd, winycg/MCL-OKD's comparison) as ordinary
+``python -m one_fast.train`` runs, skipping finished runs and resuming unfinished ones, and
+rewrites ``<out-dir>/<TABLE>/TABLE.md`` after every run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
     parser = argparse.ArgumentParser(
         prog="python -m one_fast.experiments",
-        description="Reproduce one of the ONE paper's tables: every configuration x seed is "
+        description="Reproduce one of the ONE paper's tables, or okd (online distillation "
+                    "after ONE under winycg/MCL-OKD's protocol): every configuration x seed is "
                     "one `python -m one_fast.train` run in its own folder (the command is "
                     "printed); finished runs are skipped, unfinished ones resume. Trainer flags "
                     "after `--` are added to every run (e.g. `-- --fused --download`).")

@@ -55,7 +55,7 @@ def errors_percent(result: TableResult, config: Configuration, row: Row) -> dict
         if outcome.status != FINISHED or outcome.record is None:
             continue
         acc = outcome.record["test_acc"]
-        key = OUTPUT_METRIC[row.output]
+        key = row.metric or OUTPUT_METRIC[row.output]
         value = acc.get(key, acc.get("branch_0") if config.num_branches == 1 else None)
         if value is not None:
             out[run.seed] = 100.0 * (1.0 - float(value))

@@ -19,6 +19,10 @@ BACKBONES: dict[str, dict[str, object]] = {
     "resnet32": {"depth": 32, "block": "basic", "label": "ResNet-32"},
     "resnet110": {"depth": 164, "block": "bottleneck",
                   "label": "ResNet-110 (bottleneck 164)"},
+    # winycg/MCL-OKD's "ResNet-110": 12 bottleneck blocks per stage, 110 layers (1,170,868
+    # parameters at m = 1 with 100 classes, its 1.17M).
+    "resnet110b": {"depth": 110, "block": "bottleneck",
+                   "label": "ResNet-110 (bottleneck, 12 per stage)"},
 }
 
 # Top-1 error (%) on CIFAR-100, keyed (backbone, method, output). Source: the paper's main
@@ -47,6 +51,24 @@ ABLATION_CIFAR100_RESNET110 = {
     ("no_distill", "student"): 24.73,
 }
 
+# Top-1 error (%) on CIFAR-100 under winycg/MCL-OKD's protocol (the okd preset), keyed
+# (backbone, method, output). Source: the README of github.com/winycg/MCL-OKD (its results
+# table: "baseline | DML | CL-ILR | ONE | OKDDip | MCL-OKD", each "error (ensemble error)").
+OKD_CIFAR100 = {
+    ("resnet32", "baseline", "student"): 28.91,
+    ("resnet32", "dml", "student"): 24.92, ("resnet32", "dml", "ensemble"): 22.97,
+    ("resnet32", "cl_ilr", "student"): 25.40, ("resnet32", "cl_ilr", "ensemble"): 24.03,
+    ("resnet32", "one", "student"): 25.74, ("resnet32", "one", "ensemble"): 24.03,
+    ("resnet32", "okddip", "student"): 25.76, ("resnet32", "okddip", "ensemble"): 23.73,
+    ("resnet110b", "baseline", "student"): 23.62,
+    ("resnet110b", "dml", "student"): 21.51, ("resnet110b", "dml", "ensemble"): 19.12,
+    ("resnet110b", "cl_ilr", "student"): 21.16, ("resnet110b", "cl_ilr", "ensemble"): 18.66,
+    ("resnet110b", "one", "student"): 22.19, ("resnet110b", "one", "ensemble"): 20.23,
+    ("resnet110b", "okddip", "student"): 21.05, ("resnet110b", "okddip", "ensemble"): 19.40,
+}
+# MCL-OKD itself (not a one_fast method): carried beside the table as a reference only.
+OKD_CIFAR100_MCL_OKD = {"resnet32": (24.52, 22.00), "resnet110b": (20.39, 18.29)}
+
 STUDENT, ENSEMBLE = "student", "ensemble"
 # Which metrics key of the trainer's test accuracies each output reads.
 OUTPUT_METRIC = {STUDENT: "branch_0", ENSEMBLE: "ensemble"}
@@ -60,11 +82,14 @@ class Row:
         label: what the line shows, e.g. "ONE-E".
         output: "student" (branch 0) or "ensemble".
         paper: the paper's top-1 error (%), or None where none is carried.
+        metric: the test-accuracy key the row reads when not :data:`OUTPUT_METRIC`'s (e.g.
+            "branch_3": OKDDip's student is its leader, the last branch).
     """
 
     label: str
     output: str
     paper: float | None = None
+    metric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,8 @@ class Configuration:
         teacher: name of the configuration whose run (same seed) is this one's --teacher.
         teacher_output: the trainer's --teacher-output ("ensemble" or a branch index) when the
             teacher's default (its ensemble) does not exist, e.g. "0" for a baseline teacher.
+        preset: the trainer's --preset when not the dataset's own (e.g. "okd").
+        extra: more trainer flags of this configuration (e.g. ``("--temperature", "2")``).
     """
 
     name: str
@@ -97,6 +124,8 @@ class Configuration:
     kl_weight: float | None = None
     teacher: str | None = None
     teacher_output: str | None = None
+    preset: str | None = None
+    extra: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -111,7 +140,8 @@ class Configuration:
             "--num-branches", "3"]``; ``--teacher`` is added by the runner.
         """
         backbone = BACKBONES[self.backbone]
-        flags = ["--dataset", self.dataset]
+        flags = ["--preset", self.preset] if self.preset else []
+        flags += ["--dataset", self.dataset]
         if self.method != "one":
             flags += ["--method", self.method]
         flags += ["--depth", str(backbone["depth"]), "--block", str(backbone["block"]),
@@ -126,7 +156,7 @@ class Configuration:
             flags += ["--kl-weight", f"{self.kl_weight:g}"]
         if self.teacher_output is not None:
             flags += ["--teacher-output", self.teacher_output]
-        return flags
+        return flags + list(self.extra)
 
 
 @dataclass(frozen=True)
@@ -285,6 +315,63 @@ def branches_table(datasets: list[str]) -> Table:
                  tuple(configs))
 
 
+# The okd table's methods: (method, label, m, its trainer flags beyond the okd preset).
+OKD_METHODS = (
+    ("baseline", "baseline", 1, ()),
+    ("dml", "DML", 4, ("--temperature", "2")),  # that code's kd_T for DML
+    ("cl_ilr", "CL-ILR", 4, ()),
+    ("one", "ONE", 4, ()),  # T = 3, no ramp-up: that code's ONE
+    ("okddip", "OKDDip", 4, ("--rampup", "80")),  # that code's 80-epoch ramp-up
+)
+# The sharing each method's network has (shared stages, gate, shared stem), where not ONE's.
+OKD_SHARING = {"dml": (0, False, False), "cl_ilr": (1, False, True),
+               "okddip": (2, False, True)}
+OKD_NOTES = (
+    "Protocol: --preset okd, winycg/MCL-OKD's (m = 4, 300 epochs, batch 128, SGD 0.1 "
+    "momentum 0.9 Nesterov, weight decay 5e-4, cosine to 0, crop + flip); the \"paper\" "
+    "column holds that repository's README figures, not the ONE paper's.",
+    "MCL-OKD (that repository's own method, not run here) for reference: ResNet-32 "
+    f"{OKD_CIFAR100_MCL_OKD['resnet32'][0]:.2f} ({OKD_CIFAR100_MCL_OKD['resnet32'][1]:.2f} "
+    f"ensemble), ResNet-110 {OKD_CIFAR100_MCL_OKD['resnet110b'][0]:.2f} "
+    f"({OKD_CIFAR100_MCL_OKD['resnet110b'][1]:.2f} ensemble).",
+    "How each code scores a run. That code's test() runs on the test set after every epoch and "
+    "returns the best of its accuracies (max over the branches and the ensemble); the script "
+    "keeps the best such value over the epochs (best_acc, its _best checkpoint) and logs every "
+    "member's accuracy per epoch; it does not say whether the README's figures are the last "
+    "epoch's or the best epoch's. Its \"ensemble\" is, per method: DML the mean of the peers' "
+    "logits; CL-ILR the mean of the first m-1 branches' logits (its test loop's leftover "
+    "teacher, not all m); ONE the gated logits; OKDDip the sum of all m logits. one_fast "
+    "reports the last epoch, the student and the ensemble each, never a test-set-selected "
+    "maximum: student = branch 0 (OKDDip: the leader, the last branch), ensemble = ONE-E (the "
+    "gated logits), the mean of all m logits (CL-ILR, OKDDip) or of the peers' probabilities "
+    "(DML).",
+    "OKDDip's --rampup 80 is that code's and is not rescaled by --epochs (the trainer warns "
+    "when a run is shorter than its ramp-up).",
+)
+
+
+def okd_table(datasets: list[str]) -> Table:
+    """baseline, DML, CL-ILR, ONE and OKDDip under winycg/MCL-OKD's protocol (the okd preset),
+    with that repository's README figures carried beside."""
+    configs = []
+    for dataset in datasets:
+        for backbone in ("resnet32", "resnet110b"):
+            for method, label, m, extra in OKD_METHODS:
+                figure = {output: _paper(dataset, OKD_CIFAR100, (backbone, method, output))
+                          for output in (STUDENT, ENSEMBLE)}
+                rows = [Row(label, STUDENT, figure[STUDENT],
+                            metric=f"branch_{m - 1}" if method == "okddip" else None)]
+                if m > 1:
+                    rows.append(Row(f"{label} (ensemble)", ENSEMBLE, figure[ENSEMBLE]))
+                shared, gate, stem = OKD_SHARING.get(method, (2, True, True))
+                configs.append(Configuration(
+                    f"{dataset}-{backbone}-{method}", dataset, backbone, method, m, tuple(rows),
+                    shared_stages=shared, gate=gate, share_stem=stem, preset="okd",
+                    extra=extra))
+    return Table("okd", "Online distillation after ONE: baseline, DML, CL-ILR, ONE, OKDDip "
+                 "(winycg/MCL-OKD's protocol)", tuple(configs), notes=OKD_NOTES)
+
+
 # Each table's builder and the datasets it runs by default (the paper's).
 TABLES = {
     "main": (main_table, ("cifar10", "cifar100", "svhn")),
@@ -292,6 +379,7 @@ TABLES = {
     "ensembles": (ensembles_table, ("cifar100",)),
     "ablation": (ablation_table, ("cifar100",)),
     "branches": (branches_table, ("cifar100",)),
+    "okd": (okd_table, ("cifar100",)),
 }
 
 
@@ -308,5 +396,5 @@ def build_table(name: str, datasets: list[str] | None = None) -> Table:
 
 
 __all__ = ["ABLATION_CIFAR100_RESNET110", "BACKBONES", "BRANCHES_CIFAR100_RESNET32", "ENSEMBLE",
-           "MAIN_CIFAR100", "OUTPUT_METRIC", "STUDENT", "TABLES", "Configuration", "Row", "Table",
-           "build_table"]
+           "MAIN_CIFAR100", "OKD_CIFAR100", "OKD_CIFAR100_MCL_OKD", "OUTPUT_METRIC", "STUDENT",
+           "TABLES", "Configuration", "Row", "Table", "build_table"]

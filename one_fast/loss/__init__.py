@@ -19,9 +19,11 @@ from .backends import (
     resolve_backend,
     unavailable_reason,
 )
+from .cl_ilr import CLILRLossTerms, cl_ilr_loss
 from .dml import DMLLoss, DMLLossTerms, dml_loss
 from .fused_linear import FusedLinearONELoss, fused_linear_one_loss
 from .kd import KDLoss, KDLossTerms, kd_loss
+from .okddip import OKDDipLossTerms, okddip_loss
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import check_options, validate_gate_values, validate_one_loss_args
 
@@ -139,3 +141,4 @@ __all__ = ["FUSED_MAX_TEMPERATURE", "ONELoss", "ONELossTerms", "RowTerms", "avai
 __all__ += ["BACKENDS", "Backend", "resolve_backend", "unavailable_reason"]
 __all__ += ["DMLLoss", "DMLLossTerms", "KDLoss", "KDLossTerms", "dml_loss", "kd_loss"]
 __all__ += ["FusedLinearONELoss", "fused_linear_one_loss"]
+__all__ += ["CLILRLossTerms", "OKDDipLossTerms", "cl_ilr_loss", "okddip_loss"]

@@ -49,6 +49,10 @@ class Method:
         min_branches: the fewest branches (members) the method can train.
         required_model: model settings the method fixes (config field -> value), e.g. the
             fully independent members of dml and ensemble.
+        layout: how the network arranges its branches (``create_model``'s ``layout``): "one"
+            (shared trunk, m parallel branches), or a method's own ("cl_ilr", "okddip").
+        ensemble_output: what :meth:`ensemble_logits` returns: "logits", or
+            "log_probabilities" (the log of averaged probabilities).
     """
 
     name: ClassVar[str]
@@ -58,6 +62,8 @@ class Method:
     uses_gate: ClassVar[bool] = False
     min_branches: ClassVar[int] = 1
     required_model: ClassVar[Mapping[str, object]] = MappingProxyType({})
+    layout: ClassVar[str] = "one"
+    ensemble_output: ClassVar[str] = "logits"
 
     def loss(self, outputs: Outputs, target: torch.Tensor,
              kl_weight: float | torch.Tensor) -> MethodLoss:
@@ -73,6 +79,21 @@ class Method:
             A :class:`MethodLoss`.
         """
         raise NotImplementedError
+
+    def student_branch(self, num_branches: int) -> int:
+        """The branch deployed as the method's student (branch 0 unless the method says)."""
+        return 0
+
+    def standin_outputs(self, logits: torch.Tensor, gate: torch.Tensor) -> tuple:
+        """Outputs shaped like the training module's, from the network's ``(logits, gate)``
+        alone: for counting the loss's FLOPs where the training module adds tensors the
+        network does not return (kd's teacher logits, OKDDip's peer targets)."""
+        return logits, gate
+
+    @staticmethod
+    def prepare_training(model: torch.nn.Module) -> None:
+        """Set up ``model`` for this method's training step (nothing unless the method needs
+        more of the network than ``(logits, gate)``)."""
 
     def ensemble_logits(self, outputs: Outputs) -> torch.Tensor | None:
         """(N, C) float32 logits of the method's ensemble (softmax gives its probabilities), or

@@ -26,6 +26,7 @@ class DMLMethod(Method):
     has_ensemble = True
     min_branches = 2
     required_model = INDEPENDENT_MEMBERS
+    ensemble_output = "log_probabilities"
 
     def __init__(self, temperature: float = 1.0, distill: bool = True) -> None:
         self.temperature = temperature

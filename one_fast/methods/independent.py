@@ -45,6 +45,7 @@ class EnsembleMethod(Method):
     has_ensemble = True
     min_branches = 2
     required_model = INDEPENDENT_MEMBERS
+    ensemble_output = "log_probabilities"
 
     def loss(self, outputs: Outputs, target: torch.Tensor,
              kl_weight: float | torch.Tensor) -> MethodLoss:

@@ -48,6 +48,10 @@ class KDMethod(Method):
                     kd_weight=kl_weight if self.distill else 0.0, return_terms=True)
         return MethodLoss(t.loss, {"loss": t.loss.detach(), "ce_branches": t.ce, "kl": t.kl})
 
+    def standin_outputs(self, logits: torch.Tensor, gate: torch.Tensor) -> tuple:
+        """The student's own branch stands in for the teacher's logits."""
+        return logits, gate, logits[:, 0]
+
     def __repr__(self) -> str:
         return f"KDMethod(temperature={self.temperature}, distill={self.distill})"
 

@@ -49,6 +49,15 @@ class ONEMethod(Method):
         return MethodLoss(t.loss, {"loss": t.loss.detach(), "ce_branches": t.ce_branches,
                                    "ce_ensemble": t.ce_ensemble, "kl": t.kl})
 
+    def check(self, **model: object) -> None:
+        """As :meth:`Method.check`; one branch is refused: ONE with m = 1 would train on twice
+        the cross-entropy of a plain network, which is ``--method baseline``."""
+        if model.get("num_branches") == 1:
+            raise ValueError("--method one needs --num-branches >= 2 (m branches distilled "
+                             "from their gated ensemble); one network on plain cross-entropy "
+                             "is --method baseline")
+        super().check(**model)
+
     def _cross_entropies(self, logits: torch.Tensor, gate: torch.Tensor,
                          target: torch.Tensor) -> MethodLoss:
         """sum_i CE(z_i, y) + CE(z_e, y), mean over rows, with no KL term computed.

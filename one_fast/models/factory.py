@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .cl_ilr import CLILRResNet
 from .densenet import ONEDenseNetBC
 from .imagenet import resnet18, resnext50_32x4d
 from .network import BranchedNetwork
+from .okddip import OKDDipResNet
 from .resnet import ONEResNet
 from .resnext import ONEResNeXt29
 from .wrn import ONEWideResNet
@@ -83,6 +85,33 @@ ARCHS: Mapping[str, ArchSpec] = MappingProxyType({
 })
 
 
+# Branch layouts other than ONE's (shared trunk, m parallel branches), by layout and arch: the
+# networks of the methods that need their own (CL-ILR's tree, OKDDip's peers and leader).
+LAYOUTS: Mapping[str, Mapping[str, Callable[..., BranchedNetwork]]] = MappingProxyType({
+    "one": MappingProxyType({}),
+    "cl_ilr": MappingProxyType({"resnet": CLILRResNet}),
+    "okddip": MappingProxyType({"resnet": OKDDipResNet}),
+})
+# The sharing each layout fixes (the defaults it builds with; other values are refused).
+LAYOUT_SHARING: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    "one": MappingProxyType({}),
+    "cl_ilr": MappingProxyType({"shared_stages": 1, "gate": False, "share_stem": True}),
+    "okddip": MappingProxyType({"shared_stages": 2, "gate": False, "share_stem": True}),
+})
+
+
+def _builder(arch: str, layout: str) -> Callable[..., BranchedNetwork]:
+    """The class that builds ``arch`` in ``layout``; ValueError naming an unsupported pair."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if layout == "one":
+        return ARCHS[arch].builder
+    if arch not in LAYOUTS[layout]:
+        raise ValueError(f"layout {layout!r} is built for arch {', '.join(LAYOUTS[layout])} "
+                         f"only, got arch {arch!r}")
+    return LAYOUTS[layout][arch]
+
+
 def _arch_spec(arch: str) -> ArchSpec:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
@@ -117,7 +146,7 @@ def check_arch_options(arch: str, options: Mapping[str, object]) -> None:
                              f"{type(default).__name__}, got {value!r}")
 
 
-def create_model(arch: str, *, num_classes: int, num_branches: int = 3,
+def create_model(arch: str, *, num_classes: int, num_branches: int = 3, layout: str = "one",
                  **options: object) -> BranchedNetwork:
     """Build a ONE network of architecture ``arch``.
 
@@ -126,6 +155,10 @@ def create_model(arch: str, *, num_classes: int, num_branches: int = 3,
             "resnext50_32x4d").
         num_classes: classifier outputs per branch.
         num_branches: m (1: the plain network).
+        layout: how the branches are arranged (a key of :data:`LAYOUTS`): "one" (shared trunk,
+            m parallel branches: every arch), "cl_ilr" (CL-ILR's tree: stage 2 per pair of
+            branches) or "okddip" (m - 1 peers with attention and a leader), the last two for
+            "resnet" only. A layout other than "one" is recorded in ``model.arch_options``.
         options: the arch's options (:func:`arch_defaults`); the others keep their defaults.
 
     Returns:
@@ -140,8 +173,9 @@ def create_model(arch: str, *, num_classes: int, num_branches: int = 3,
             invalid value (naming the option).
     """
     check_arch_options(arch, options)
-    merged = {**arch_defaults(arch), **options}
-    model = ARCHS[arch].builder(num_classes=num_classes, num_branches=num_branches, **merged)
+    build = _builder(arch, layout)
+    merged = {**arch_defaults(arch), **LAYOUT_SHARING[layout], **options}
+    model = build(num_classes=num_classes, num_branches=num_branches, **merged)
     model.arch = arch
-    model.arch_options = merged
+    model.arch_options = merged if layout == "one" else {**merged, "layout": layout}
     return model

@@ -161,19 +161,34 @@ class BranchedNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shared = self.trunk(self.stem(x)) if self.share_stem else x
         gate = self._gate(shared)
+        return self.classify(self.pooled_features(shared)), gate
+
+    def pooled_features(self, shared: torch.Tensor) -> torch.Tensor:
+        """Every branch's globally pooled last-stage features (N, m, D) from the trunk output
+        (the image when nothing is shared), batched or branch by branch as ``self.batched``.
+
+        The per-branch path counts each BatchNorm's ``num_batches_tracked`` once, as one
+        batched forward does.
+        """
         if self.batched:
             out = shared
             for layer in self._branch_layers():
                 out = layer(out)
-            logits = self.classifier(out.mean((2, 3)))  # (N, m, K)
-        else:
-            logits = torch.stack([self.forward_branch(shared, i)
-                                  for i in range(self.num_branches)], 1)
-            for layer in self._branch_layers():
-                for module in layer.modules():
-                    if isinstance(module, BranchedBatchNorm2d):
-                        module.count_batch()
-        return logits, gate
+            return out.mean((2, 3)).reshape(out.shape[0], self.num_branches, -1)
+        features = torch.stack([self.branch_features(shared, i)
+                                for i in range(self.num_branches)], 1)
+        for layer in self._branch_layers():
+            for module in layer.modules():
+                if isinstance(module, BranchedBatchNorm2d):
+                    module.count_batch()
+        return features
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The m classifiers on pooled features (N, m, D): logits (N, m, K)."""
+        if self.batched:
+            return self.classifier(features.reshape(features.shape[0], -1))
+        return torch.stack([self.classifier.forward_branch(features[:, i], i)
+                            for i in range(self.num_branches)], 1)
 
     def forward_branch(self, shared: torch.Tensor, i: int) -> torch.Tensor:
         """Branch i's logits (N, K) from the trunk output (the image when nothing is shared).
@@ -181,10 +196,14 @@ class BranchedNetwork(nn.Module):
         Runs branch i's slice of every parameter; BatchNorm ``num_batches_tracked`` is not
         counted here (``forward`` counts it once per step for all branches).
         """
+        return self.classifier.forward_branch(self.branch_features(shared, i), i)
+
+    def branch_features(self, shared: torch.Tensor, i: int) -> torch.Tensor:
+        """Branch i's pooled last-stage features (N, D), run on its slice of the parameters."""
         out = shared
         for layer in self._branch_layers():
             out = layer.forward_branch(out, i)
-        return self.classifier.forward_branch(out.mean((2, 3)), i)
+        return out.mean((2, 3))
 
     def _branch_layers(self) -> list[nn.Module]:
         return list(self.branches) if self.share_stem else [self.stem, *self.branches]
@@ -227,8 +246,14 @@ class BranchedNetwork(nn.Module):
             owner = self.tensor_owner(name)
             if owner == "gate":
                 continue
-            if owner == "branches" and tensor.dim() > 0:
-                size = tensor.shape[0] // m
-                tensor = tensor.narrow(0, i * size, size)
+            copies, index = self.branch_chunk(owner, i)
+            if copies > 1 and tensor.dim() > 0:
+                size = tensor.shape[0] // copies
+                tensor = tensor.narrow(0, index * size, size)
             state[name] = tensor.detach().clone()
         return state
+
+    def branch_chunk(self, owner: str, i: int) -> tuple[int, int]:
+        """(copies, index): a tensor of ``owner`` stores that many copies along dim 0 and branch
+        i reads copy ``index`` ("branches": m copies, the i-th; shared parts: one copy)."""
+        return (self.num_branches, i) if owner == "branches" else (1, 0)

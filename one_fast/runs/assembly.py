@@ -23,7 +23,7 @@ from ..config import (
 from ..costs import inference_flops, model_costs
 from ..data import ImageDataset, load_dataset
 from ..engine.checkpoint import load_checkpoint
-from ..methods import Method, StudentWithTeacher, create_method
+from ..methods import METHODS, Method, StudentWithTeacher, create_method
 from ..models import ARCHS, BranchedNetwork, OwnBranchedNetwork, create_model
 from ..models.own import create_own_model, is_own_arch
 
@@ -128,7 +128,8 @@ def build_model(config: TrainConfig, num_classes: int | None,
         common["shared_stages"] = config.shared_stages
     try:
         return create_model(config.arch, num_classes=num_classes, num_branches=m,
-                            **common, **arch_options(config))
+                            layout=METHODS[config.method].layout, **common,
+                            **arch_options(config))
     except ValueError as err:
         given = " ".join(f"{flag_name(k)} {v}" for k, v in
                          {**arch_options(config), **common}.items()
@@ -185,8 +186,10 @@ def load_teacher(config: TrainConfig, num_classes: int,
 
 def training_module(config: TrainConfig, student: nn.Module, num_classes: int,
                     device: torch.device | str) -> nn.Module:
-    """What the training step calls: the student, or for kd the student with its teacher."""
+    """What the training step calls: the student (set up for its method's step, e.g. OKDDip's
+    network also returning the peers' targets), or for kd the student with its teacher."""
     if config.method != "kd":
+        METHODS[config.method].prepare_training(student)
         return student
     teacher, teacher_method, _ = load_teacher(config, num_classes, device)
     output: str | int = config.teacher_output
@@ -223,8 +226,7 @@ def run_costs(config: TrainConfig, num_classes: int,
     method = build_method(config)
 
     def loss_fn(logits, gate, y):
-        outputs = (logits, gate) if config.method != "kd" else (logits, gate, logits[:, 0])
-        return method.loss(outputs, y, 1.0).loss
+        return method.loss(method.standin_outputs(logits, gate), y, 1.0).loss
 
     costs = model_costs(lambda m: build_model(config, num_classes, num_branches=m),
                         config.num_branches, input_shape, loss_fn=loss_fn)

@@ -160,7 +160,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo, start_epoch: int
     teacher = pair.teacher.to(memory_format=memory_format) if pair is not model else None
     costs, costs_line = run_costs(config, data.num_classes, data.image_shape, teacher)
 
-    lr = torch.tensor(learning_rate(0, config.lr, config.lr_milestones, config.lr_decay),
+    lr = torch.tensor(learning_rate(0, config.lr, config.lr_milestones, config.lr_decay,
+                                    schedule=config.lr_schedule, epochs=config.epochs),
                       device=rt.device)
     optimizer = build_optimizer(config, rt, model, lr)
     run_dir = Path(config.out_dir)
@@ -265,7 +266,8 @@ def _finish(dist: distributed.DistInfo, run_dir: Path, record: dict[str, object]
 
 def _train_epoch(config: TrainConfig, dist: distributed.DistInfo, rt: Runtime, step: TrainStep,
                  loader: Loader, epoch: int) -> dict[str, object]:
-    lr_value = learning_rate(epoch, config.lr, config.lr_milestones, config.lr_decay)
+    lr_value = learning_rate(epoch, config.lr, config.lr_milestones, config.lr_decay,
+                             schedule=config.lr_schedule, epochs=config.epochs)
     kl_value = kl_weight(epoch, config.kl_weight, config.rampup)
     step.lr.fill_(lr_value)
     step.kl_weight.fill_(kl_value)

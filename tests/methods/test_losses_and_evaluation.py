@@ -30,11 +30,11 @@ def outputs(n=6, m=3, c=5, seed=0):
 
 
 def test_term_names_match_the_terms_and_lead_with_the_loss():
-    logits, gate, target = outputs(m=1)
     teacher = torch.randn(6, 5)
     for name, cls in METHODS.items():
+        logits, gate, target = outputs(m=cls.min_branches)
         method = create_method(name)
-        out = (logits, gate, teacher) if name == "kd" else (logits, gate)
+        out = (logits, gate, teacher) if name == "kd" else method.standin_outputs(logits, gate)
         result = method.loss(out, target, torch.tensor(0.5))
         assert tuple(result.terms) == cls.term_names and cls.term_names[0] == "loss"
         assert all(v.dim() == 0 and not v.requires_grad for v in result.terms.values())
@@ -192,8 +192,9 @@ def test_check_accepts_what_each_method_trains():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_loss_compiles_without_graph_breaks(name):
     logits, gate, target = outputs(m=1 if name in ("baseline", "kd") else 3)
-    out = (logits, gate, torch.randn(6, 5)) if name == "kd" else (logits, gate)
     method = create_method(name, backend="reference")
+    out = (logits, gate, torch.randn(6, 5)) if name == "kd" else method.standin_outputs(logits,
+                                                                                         gate)
     # A fresh cache: recompiling the same code for another method's temperature would make
     # the temperature a symbolic float, which no single training run does.
     torch._dynamo.reset()
