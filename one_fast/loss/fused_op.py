@@ -67,17 +67,45 @@ def _backward(ctx, grad_loss, *unused_term_grads):
             None, None, None, None, None, None)
 
 
-def attach_fake_and_autograd(qualname: str) -> None:
-    """Register shape inference and the backward for an operator with :data:`FUSED_SCHEMA`."""
-    torch.library.register_fake(qualname)(_fake)
+def fake_outputs(logits: torch.Tensor, gate: torch.Tensor, compute_grad: bool
+                 ) -> tuple[torch.Tensor, ...]:
+    """Empty tensors with the shapes and dtypes of a fused operator's six outputs (the
+    operator's fake implementation; a traceable implementation must allocate the same)."""
+    return _fake(logits, gate, None, None, None, None, None, compute_grad)
+
+
+def attach_autograd(qualname: str) -> None:
+    """Register the backward of an operator with :data:`FUSED_SCHEMA`."""
     torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
 
 
+def attach_fake_and_autograd(qualname: str) -> None:
+    """Register shape inference and the backward for an operator with :data:`FUSED_SCHEMA`."""
+    torch.library.register_fake(qualname)(_fake)
+    attach_autograd(qualname)
+
+
 def define_python_op(qualname: str, impl: Callable, device_types=None):
-    """Define ``qualname`` (e.g. "one_fast::triton_one_loss") from a Python implementation."""
+    """Define ``qualname`` (e.g. "one_fast::triton_one_loss") from a Python implementation,
+    opaque to ``torch.compile`` (it sees the fake implementation only)."""
     op = torch.library.custom_op(qualname, impl, mutates_args=(), device_types=device_types,
                                  schema=FUSED_SCHEMA)
     attach_fake_and_autograd(qualname)
+    return op
+
+
+def define_triton_op(qualname: str, impl: Callable):
+    """Define ``qualname`` from ``impl``, a function of torch operators and Triton kernels
+    launched through ``torch.library.wrap_triton``, with :func:`torch.library.triton_op`.
+
+    Unlike :func:`define_python_op`, ``torch.compile`` traces into ``impl``: Inductor sees the
+    kernel launch itself (and AOTInductor can compile it in). ``impl`` is also the fake
+    implementation (run on fake tensors, where the wrapped launch does nothing), so it must
+    allocate exactly what :func:`fake_outputs` does; its type annotations give the schema,
+    which must be :data:`FUSED_SCHEMA`. The backward is the shared one.
+    """
+    op = torch.library.triton_op(qualname, impl, mutates_args=())
+    attach_autograd(qualname)
     return op
 
 
