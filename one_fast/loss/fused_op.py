@@ -47,6 +47,9 @@ def _fake(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_i
 
 
 def _setup_context(ctx, inputs, output):
+    # Only the loss output is differentiated: the others' gradients stay None instead of zero
+    # tensors as large as them (autograd would allocate an N x m x C one for grad_logits).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[4], output[5])
     ctx.gate_dtype = inputs[1].dtype
 
@@ -54,6 +57,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, *unused_term_grads):
     # d total / d logits[n] = (d total / d loss_n) * (d loss_n / d logits[n]), computed in
     # float32 (float64 for float64 gradients, so a float64 gradcheck stays exact).
+    if grad_loss is None:  # the loss itself was not used: nothing flows back
+        return (None,) * 8
     grad_logits, grad_gate = ctx.saved_tensors
     if grad_logits.dim() != 3:  # the (0,) placeholder: N = 0 still gives (0, m, C)
         raise RuntimeError("fused ONE loss: backward called but the forward computed no "
