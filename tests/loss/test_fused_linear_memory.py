@@ -17,9 +17,9 @@ The bound, derived from what the fused path allocates (MiB = 2**20 bytes):
 * 64 MiB allowance for the allocator, GEMM workspaces and thread buffers.
 
 So the fused peak must stay within max(128 + 64, 128) + 64 = 256 MiB of the RSS before the
-call (measured: 202 MiB), while materialising the logits and their gradient takes
+call (measured: 195 MiB), while materialising the logits and their gradient takes
 2 x 2048 x 4 x 16384 x 4 B = 1024 MiB. The same measurement of the materialised path (linear
-heads + the fused ONE loss) must show at least those 1024 MiB (measured: 1539 MiB) -- the
+heads + the fused ONE loss) must show at least those 1024 MiB (measured: 1034 MiB) -- the
 check that the measurement can see what it is meant to bound.
 """
 
