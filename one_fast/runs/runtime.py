@@ -1,5 +1,6 @@
 """The config's "auto" choices resolved for this machine: device, compile, CUDA graphs, precision,
-memory format, the loss backend ``--fused`` runs on, and the optimizer that fits them."""
+memory format, cuDNN autotuning, the loss backend ``--fused`` runs on, and the optimizer that
+fits them."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ class Runtime:
     channels_last: bool
     loss_backend: str
     note: str  # one line saying what --fused resolved to, when it had to fall back
+    # torch.backends.cudnn.benchmark for the run: on for CUDA, where every step has the same
+    # shapes (fixed batches; the last partial batch only in evaluation), so cuDNN's autotuner
+    # picks each convolution's fastest algorithm once. The trainer sets it; record it with the
+    # run (the algorithms it picks may differ between runs, so results are not bitwise equal).
+    cudnn_benchmark: bool = False
 
 
 def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
@@ -55,6 +61,7 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         channels_last=config.channels_last if config.channels_last is not None else cuda,
         loss_backend=backend,
         note=note,
+        cudnn_benchmark=cuda,
     )
 
 

@@ -113,6 +113,7 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
 
 def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]:
     rt = resolve_runtime(config, dist)
+    torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
@@ -126,7 +127,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo) -> dict[str, object]
         synthetic_classes=config.synthetic_classes, svhn_extra=config.svhn_extra,
         image_size=image_size(config) if resized else config.image_size,
         rank=dist.rank, world_size=dist.world_size, channels_last=rt.channels_last,
-        data_threads=config.data_threads, prefetch=config.prefetch)
+        data_threads=config.data_threads, prefetch=config.prefetch,
+        dtype=rt.amp_dtype or torch.float32)
     if dist.is_main:  # what export and predict read instead of reloading the dataset
         save_input_spec(config.out_dir, loader_input_spec(data, test_loader, config.data_dir))
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
