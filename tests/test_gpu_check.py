@@ -44,6 +44,19 @@ def test_epoch_modes_differ_in_what_they_say():
     assert "--depth" in gpu_check.EPOCH_FLAGS and "32" in gpu_check.EPOCH_FLAGS
 
 
+@pytest.mark.parametrize("mode", list(gpu_check.EPOCH_MODES))
+def test_epoch_commands_are_valid_trainer_configs(mode, tmp_path):
+    from one_fast.cli.train_flags import config_from_args
+    from one_fast.config import validate_config
+
+    config = config_from_args([*gpu_check.EPOCH_FLAGS, *gpu_check.EPOCH_MODES[mode],
+                               "--out-dir", str(tmp_path)])
+    validate_config(config)
+    assert (config.dataset, config.depth, config.batch_size, config.epochs) == (
+        "synthetic", 32, 128, 2)
+    assert config.amp == ("bf16" if mode == "bf16" else "none")
+
+
 def test_dry_run_prints_the_plan_with_caps_and_needs_no_gpu():
     out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT,
                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable,
