@@ -33,7 +33,9 @@ def test_the_wheels_runtime_is_linked_when_cuda_home_has_none(tmp_path):
     toolkit_lib = tmp_path / "toolkit_lib"  # a CUDA_HOME/lib64 that has one
     toolkit_lib.mkdir()
     (toolkit_lib / "libcudart.so").write_bytes(b"")
-    code = (f"sys.path.insert(0, {str(site)!r})\n"
+    # the wheels' namespace package, as torch's CUDA wheels lay it out, holding only ours
+    code = ("import types; nvidia = types.ModuleType('nvidia')\n"
+            f"nvidia.__path__ = [{str(site / 'nvidia')!r}]; sys.modules['nvidia'] = nvidia\n"
             f"made = ns['_cudart_link_dir']([{str(cuda_home_lib)!r}], '13.0', "
             f"{str(tmp_path / 'build')!r})\n"
             f"kept = ns['_cudart_link_dir']([{str(toolkit_lib)!r}], '13.0', "
@@ -48,14 +50,14 @@ def test_the_wheels_runtime_is_linked_when_cuda_home_has_none(tmp_path):
     assert "linking the CUDA runtime of torch's wheels" in out.stderr
 
 
-def test_cuda_required_refuses_a_cpu_only_build():
-    """This machine's torch is a CPU build (or nvcc does not match): with the variable set,
-    setup.py stops instead of building the CPU variant."""
+def test_cuda_required_refuses_a_cpu_only_build(tmp_path):
+    """No CUDA variant can be built here (a CPU build of torch, or -- with CUDA_HOME pointing
+    at an empty folder -- no nvcc): with the variable set, setup.py stops instead of building
+    the CPU variant."""
     import torch
 
-    out = run_setup("", ONE_FAST_NATIVE_CUDA_REQUIRED="1")
+    out = run_setup("", ONE_FAST_NATIVE_CUDA_REQUIRED="1", CUDA_HOME=str(tmp_path))
     assert out.returncode != 0
     assert "CUDA variant not built" in out.stderr
     assert "ONE_FAST_NATIVE_CUDA_REQUIRED=1" in out.stderr
-    if torch.version.cuda is None:
-        assert "is a CPU build" in out.stderr
+    assert ("is a CPU build" if torch.version.cuda is None else "nvcc not found") in out.stderr
