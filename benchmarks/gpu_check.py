@@ -243,6 +243,8 @@ def run_stage(stage: Stage, limit_s: float, log: Log, stage_log: Path) -> tuple[
             chunk = os.read(fd, 1 << 16) if readable else b""
             if readable and not chunk:  # end of output: the process is exiting
                 break
+            if not readable and proc.poll() is not None:
+                break  # exited; a leftover child (a compile worker) may still hold the pipe
             if chunk:
                 out.write(chunk)
                 log.write_bytes(chunk)
@@ -255,7 +257,12 @@ def run_stage(stage: Stage, limit_s: float, log: Log, stage_log: Path) -> tuple[
                 os.killpg(proc.pid, signal.SIGKILL)
                 deadline = float("inf")
     proc.stdout.close()
-    return proc.wait(), timed_out
+    rc = proc.wait()
+    try:  # whatever the stage left behind would compete with the next one
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return rc, timed_out
 
 
 def run_plan(stages: list[Stage], folder: Path, budget_s: float, log: Log) -> bool:

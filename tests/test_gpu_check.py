@@ -167,3 +167,13 @@ def test_without_a_gpu_the_check_refuses(tmp_path):
     assert out.returncode == 2
     assert "no CUDA device" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_ends_when_its_process_does_even_if_a_child_keeps_the_output_open(tmp_path):
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(20)'])\n"
+            "print('parent done')")
+    log = gpu_check.Log(tmp_path / "c.log")
+    assert gpu_check.run_plan([_stage("leaves a child", code, 30)], tmp_path, 60, log)
+    (record,) = json.loads((tmp_path / "stages.json").read_text())
+    assert record["outcome"] == "ok" and record["seconds"] < 10
