@@ -107,7 +107,8 @@ def define_triton_op(qualname: str, impl: Callable):
     kernel launch itself (and AOTInductor can compile it in). ``impl`` is also the fake
     implementation (run on fake tensors, where the wrapped launch does nothing), so it must
     allocate exactly what :func:`fake_outputs` does; its type annotations give the schema,
-    which must be :data:`FUSED_SCHEMA`. The backward is the shared one.
+    which must have :data:`FUSED_SCHEMA`'s types (torch infers ``int`` as ``SymInt``). The
+    backward is the shared one.
     """
     op = torch.library.triton_op(qualname, impl, mutates_args=())
     attach_autograd(qualname)

@@ -300,9 +300,10 @@ def impl(logits: torch.Tensor, gate: torch.Tensor, target: torch.Tensor,
     grid = (triton.cdiv(n, rows),)
     if INTERPRETED:
         # The interpreter runs the kernel as Python; triton 3.6's turns an int argument into a
-        # one-element array that range() cannot take under NumPy >= 2.4 ("only 0-dimensional
-        # arrays can be converted to Python scalars"), so C goes in as a constexpr object,
-        # which the interpreter passes through unchanged. Not traceable by wrap_triton either.
+        # one-element array, which range() cannot take with a NumPy where int() of such an
+        # array is an error (2.4 here: "only 0-dimensional arrays can be converted to Python
+        # scalars"; triton 3.9 squeezes it first). So C goes in as a constexpr object, which
+        # the interpreter passes through unchanged. Not traceable by wrap_triton either.
         launch = _one_loss_kernel[grid]
         c_arg = tl.constexpr(c)
     else:
