@@ -49,3 +49,10 @@ def test_autograd_contract_saves_the_kernel_gradients(traced):
 
 def test_fake_implementation_matches_the_shared_contract(traced):
     assert traced["fake_matches_contract"] == [True, True, True]
+
+
+def test_inferred_schema_is_the_fused_schema(traced):
+    from one_fast.loss.fused_op import FUSED_SCHEMA
+
+    # torch infers a Python int as SymInt
+    assert traced["schema"].replace("SymInt", "int") == "one_fast::triton_one_loss" + FUSED_SCHEMA

@@ -88,6 +88,7 @@ def main() -> dict[str, object]:
         "opaque_calls": opaque,
         "forward_outputs": len(graphs[0].graph.find_nodes(op="output")[0].args[0]),
         "fake_matches_contract": fake_ok,
+        "schema": str(torch.ops.one_fast.triton_one_loss.default._schema),
     }
 
 
