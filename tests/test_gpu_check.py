@@ -119,9 +119,13 @@ def test_stages_beyond_the_budget_are_skipped(tmp_path):
     assert records[1]["outcome"] == "SKIPPED (no time left)"
 
 
-def test_native_check_stops_with_the_builds_message(tmp_path, capsys):
-    """On this CPU machine the native extension has no CUDA kernel: the check says so and
-    quotes the build's own lines from install.log."""
+def test_native_check_stops_with_the_builds_message(tmp_path, capsys, monkeypatch):
+    """When the native backend cannot run on CUDA the check says why and quotes the build's
+    own lines from install.log."""
+    import one_fast.loss
+
+    monkeypatch.setattr(one_fast.loss, "unavailable_reason",
+                        lambda name, device: "built without its CUDA kernel")
     (tmp_path / "install.log").write_text(
         "Building editable for one_fast\none_fast: CUDA build of the native extension failed "
         "(error: cannot find -lcudart); building the CPU variant\nSuccessfully installed\n")
@@ -130,7 +134,14 @@ def test_native_check_stops_with_the_builds_message(tmp_path, capsys):
     assert "native backend missing on CUDA" in out
     assert "cannot find -lcudart" in out
     recorded = json.loads((tmp_path / "native.json").read_text())
-    assert recorded["cuda"] is False and recorded["reason"]
+    assert recorded["reason"] == "built without its CUDA kernel"
+
+
+def test_native_check_passes_when_the_native_backend_runs_on_cuda(tmp_path, monkeypatch):
+    import one_fast.loss
+
+    monkeypatch.setattr(one_fast.loss, "unavailable_reason", lambda name, device: None)
+    assert gpu_check.native_check(tmp_path) == 0
 
 
 def test_junit_counts_and_epoch_results_are_summarised(tmp_path):
