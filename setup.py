@@ -13,12 +13,20 @@ Then:
 * neither, no torch, or a failed build: the package installs without it, with a one-line notice
   (``backend="native"`` is then unavailable; every other backend works).
 
+The CUDA variant links torch's CUDA runtime (``-lcudart``). When ``CUDA_HOME`` (e.g. /usr/local,
+where nvcc is on the PATH) holds no ``libcudart.so``, the one that torch's own CUDA wheels
+installed (``nvidia/cu13/lib/libcudart.so.13``, without the unversioned name the linker looks
+for) is linked through a ``libcudart.so`` link made in the build's temporary folder.
+
 Environment: ``ONE_FAST_NATIVE=0`` skips the extension, ``ONE_FAST_NATIVE_CUDA=0`` builds the CPU
-variant only, ``ONE_FAST_NATIVE_REQUIRED=1`` turns a skipped or failed build into an error (CI).
+variant only, ``ONE_FAST_NATIVE_REQUIRED=1`` turns a skipped or failed build into an error (CI),
+``ONE_FAST_NATIVE_CUDA_REQUIRED=1`` likewise for the CUDA variant: no nvcc, or a CUDA build that
+fails, is an error instead of a fall-back to the CPU variant (CI on torch's CUDA build).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -32,6 +40,7 @@ CPU_SOURCES = [f"{KERNELS}/binding/one_loss_op.cpp", f"{KERNELS}/one_loss_cpu.cp
 CUDA_SOURCES = [f"{KERNELS}/one_loss_cuda.cu"]
 HEADERS = [f"{KERNELS}/one_loss_api.h", f"{KERNELS}/one_loss_row.h"]  # rebuild when they change
 REQUIRED = os.environ.get("ONE_FAST_NATIVE_REQUIRED", "0") == "1"
+CUDA_REQUIRED = os.environ.get("ONE_FAST_NATIVE_CUDA_REQUIRED", "0") == "1"
 BUILD_COMMAND = "pip install --no-build-isolation -e ."
 
 
@@ -67,6 +76,14 @@ def _notice(message: str) -> None:
              f"(backend='native' and the fused CPU loss are unavailable)")
 
 
+def _cpu_only(message: str) -> None:
+    """Say why the CUDA variant is not built (an error under ONE_FAST_NATIVE_CUDA_REQUIRED=1)."""
+    if CUDA_REQUIRED:
+        raise RuntimeError(f"one_fast native extension: CUDA variant not built: {message} "
+                           "(ONE_FAST_NATIVE_CUDA_REQUIRED=1)")
+    print(f"one_fast: native extension for the CPU only: {message}", file=sys.stderr)
+
+
 def _nvcc_release(cuda_home: str) -> tuple[int, int] | None:
     try:
         out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"],
@@ -89,18 +106,60 @@ def _nvcc_arch_flags(release: tuple[int, int]) -> list[str]:
 
 def _cuda_release(torch, cpp_extension) -> tuple[int, int] | None:
     """nvcc's release when the CUDA variant can be built here (else None, with a reason)."""
-    if os.environ.get("ONE_FAST_NATIVE_CUDA", "1") == "0" or torch.version.cuda is None:
+    if os.environ.get("ONE_FAST_NATIVE_CUDA", "1") == "0":
+        return None
+    if torch.version.cuda is None:
+        if CUDA_REQUIRED:
+            _cpu_only(f"torch {torch.__version__} is a CPU build")
         return None
     cuda_home = cpp_extension.CUDA_HOME
     release = _nvcc_release(cuda_home) if cuda_home else None
     if release is None:
-        print("one_fast: native extension for the CPU only: nvcc not found", file=sys.stderr)
+        _cpu_only("nvcc not found")
         return None
     if release[0] != int(torch.version.cuda.split(".")[0]):  # torch refuses a major mismatch
-        print(f"one_fast: native extension for the CPU only: nvcc {release[0]}.{release[1]} "
-              f"does not match torch's CUDA {torch.version.cuda}", file=sys.stderr)
+        _cpu_only(f"nvcc {release[0]}.{release[1]} does not match torch's CUDA "
+                  f"{torch.version.cuda}")
         return None
     return release
+
+
+def _wheel_cudart(cuda_major: str) -> str | None:
+    """The CUDA runtime library that torch's ``nvidia-*`` wheels installed, or None: CUDA 13
+    wheels put it in ``nvidia/cu13/lib``, CUDA 12 ones in ``nvidia/cuda_runtime/lib``."""
+    try:
+        import nvidia  # the wheels' namespace package
+    except ImportError:
+        return None
+    for root in nvidia.__path__:
+        for pattern in (f"cu{cuda_major}/lib/libcudart.so.{cuda_major}*",
+                        f"cuda_runtime/lib/libcudart.so.{cuda_major}*"):
+            found = sorted(glob.glob(os.path.join(root, pattern)))
+            if found:
+                return found[0]
+    return None
+
+
+def _cudart_link_dir(library_dirs: list[str], cuda_version: str, build_temp: str) -> str | None:
+    """A folder to add to ``library_dirs`` so that ``-lcudart`` links, or None if one of
+    ``library_dirs`` (CUDA_HOME's) already has ``libcudart.so`` or no runtime is found.
+
+    The folder holds one link, ``libcudart.so`` -> the wheel's ``libcudart.so.<major>``; the
+    extension then records that soname, which torch has already loaded when it imports it.
+    """
+    if any(os.path.exists(os.path.join(d, "libcudart.so")) for d in library_dirs):
+        return None
+    runtime = _wheel_cudart(cuda_version.split(".")[0])
+    if runtime is None:
+        return None
+    folder = os.path.join(build_temp, "one_fast_cudart")
+    os.makedirs(folder, exist_ok=True)
+    link = os.path.join(folder, "libcudart.so")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(runtime, link)
+    print(f"one_fast: linking the CUDA runtime of torch's wheels ({runtime})", file=sys.stderr)
+    return folder
 
 
 def _native_extension() -> tuple[list, dict]:
@@ -149,17 +208,28 @@ def _native_extension() -> tuple[list, dict]:
             try:
                 super().build_extensions()
             except Exception as exc:  # toolchain checks before any compilation
+                if CUDA_REQUIRED:
+                    raise
                 _notice(f"build failed ({type(exc).__name__}: {exc})".splitlines()[0])
 
         def build_extension(self, extension):
+            cuda = extension.sources != cpu_ext.sources
+            if cuda:
+                folder = _cudart_link_dir(extension.library_dirs, torch.version.cuda,
+                                          self.build_temp)
+                if folder is not None:
+                    extension.library_dirs.append(folder)
             try:
                 super().build_extension(extension)
                 return
             except Exception as exc:  # compiler, linker or ninja errors
                 failure = f"({type(exc).__name__}: {exc})".splitlines()[0]
-            if extension.sources == cpu_ext.sources:
+            if not cuda:
                 _notice(f"build failed {failure}")
                 return
+            if CUDA_REQUIRED:
+                raise RuntimeError(f"one_fast native extension: CUDA build failed {failure} "
+                                   "(ONE_FAST_NATIVE_CUDA_REQUIRED=1)")
             print(f"one_fast: CUDA build of the native extension failed {failure}; building "
                   "the CPU variant", file=sys.stderr)
             # Turn the finalised extension itself into the CPU variant (setuptools attached its

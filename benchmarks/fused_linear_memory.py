@@ -81,27 +81,41 @@ def status_kib(field):
 
 torch.set_num_threads(1)
 impl, (n, h, m, v) = sys.argv[1], map(int, sys.argv[2:6])
-forward_backward(impl, make_inputs(8, 4, 2, 16, torch.float32, "cpu"))  # warm-up
-inputs = make_inputs(n, h, m, v, torch.float32, "cpu")
+dtype = getattr(torch, sys.argv[6])
+opts = json.loads(sys.argv[7])
+if opts.get("accum_dtype") is not None:
+    opts["accum_dtype"] = getattr(torch, opts["accum_dtype"])
+forward_backward(impl, make_inputs(8, 4, 2, 16, dtype, "cpu"), **opts)  # warm-up
+inputs = make_inputs(n, h, m, v, dtype, "cpu")
 try:  # reset the high-water mark to the current RSS (Linux >= 4.0), dropping freed temporaries
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 except OSError:
     pass
 base = status_kib("VmHWM")
-loss, grads = forward_backward(impl, inputs)
+loss, grads = forward_backward(impl, inputs, **opts)
 peak = status_kib("VmHWM")
 print(json.dumps({"base_kib": base, "peak_kib": peak, "loss": float(loss)}))
 """
 
 
-def peak_rss_extra_mib(impl: str, n: int, h: int, m: int, v: int) -> float:
-    """Peak RSS growth (MiB) of one float32 forward + backward on the CPU, in a fresh process.
+def peak_rss_extra_mib(impl: str, n: int, h: int, m: int, v: int,
+                       dtype: torch.dtype = torch.float32, **opts) -> float:
+    """Peak RSS growth (MiB) of one forward + backward on the CPU, in a fresh process.
+
+    Args:
+        impl, n, h, m, v: the implementation and shape (N, H, m, V).
+        dtype: of hidden, weight and bias.
+        opts: keyword arguments of the loss (JSON-able; ``accum_dtype`` as a torch dtype).
 
     Linux only (``/proc/self/status``); one torch thread.
     """
+    if opts.get("accum_dtype") is not None:
+        opts["accum_dtype"] = str(opts["accum_dtype"]).removeprefix("torch.")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _CHILD, impl, str(n), str(h), str(m), str(v)],
+    args = [impl, str(n), str(h), str(m), str(v), str(dtype).removeprefix("torch."),
+            json.dumps(opts)]
+    out = subprocess.run([sys.executable, "-c", _CHILD, *args],
                          check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return (result["peak_kib"] - result["base_kib"]) / 1024

@@ -128,18 +128,28 @@ def stand_in_driver(arch: int):
 
 
 class WarmupInsteadOfLaunch:
-    """Stands in for the ``@triton.jit`` kernel: ``kernel[grid](*args, **meta)`` compiles
-    through ``JITFunction.warmup`` and records (grid, meta, compiled kernel)."""
+    """Within ``with``, every launch ``kernel[grid](*args, **meta)`` of the ``@triton.jit``
+    kernel compiles only (``JITFunction.run(warmup=True)``, what ``warmup`` calls) and records
+    (grid, meta, compiled kernel). The kernel object itself stays in place, so the launcher's
+    ``torch.library.wrap_triton(kernel)`` still sees a ``JITFunction``."""
 
     def __init__(self, kernel) -> None:
         self.kernel = kernel
         self.calls: list[tuple[tuple[int, ...], dict, object]] = []
 
-    def __getitem__(self, grid):
-        def launch(*args, **meta):
-            compiled = self.kernel.warmup(*args, grid=grid, **meta)
-            self.calls.append((tuple(grid), meta, compiled))
-        return launch
+    def _compile(self, *args, grid, warmup, **meta):
+        compiled = type(self.kernel).run(self.kernel, *args, grid=grid, warmup=True, **meta)
+        # every argument by name: a launch through wrap_triton passes constexprs positionally
+        named = {**dict(zip(self.kernel.arg_names, args, strict=False)), **meta}
+        self.calls.append((tuple(grid), named, compiled))
+        return compiled
+
+    def __enter__(self) -> WarmupInsteadOfLaunch:
+        self.kernel.run = self._compile  # shadows JITFunction.run for this object only
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.kernel.run
 
 
 def cuobjdump() -> Path:
@@ -173,15 +183,11 @@ def compile_config(config: Config, arch: int, tool: Path) -> Compiled:
     from one_fast.loss import triton_kernel as triton_loss
 
     logits, gate, target = make_inputs(config)
-    proxy = WarmupInsteadOfLaunch(triton_loss._one_loss_kernel)
     # (no reset afterwards: without a GPU there is no default driver to go back to)
     triton.runtime.driver.set_active(stand_in_driver(arch))
-    triton_loss._one_loss_kernel = proxy
-    try:
+    with WarmupInsteadOfLaunch(triton_loss._one_loss_kernel) as proxy:
         triton_loss.impl(logits, gate, target, torch.ones(1, dtype=torch.float64), 3.0,
                          config.detach, IGNORE, config.grad)
-    finally:
-        triton_loss._one_loss_kernel = proxy.kernel
     if len(proxy.calls) != 1:
         raise RuntimeError(f"{config.name}: the launcher compiled {len(proxy.calls)} kernels")
     grid, meta, kernel = proxy.calls[0]

@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def python(code: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",
-                                                             "ONE_FAST_NATIVE_REQUIRED")}
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "TRITON_INTERPRET", "ONE_FAST_NATIVE_REQUIRED", "ONE_FAST_NATIVE_CUDA_REQUIRED")}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)

@@ -151,3 +151,36 @@ def test_cuda_graph_run_trains_on_gpu_decoded_batches_like_an_eager_run(tiny, tm
     for k in a:  # 9 SGD steps; cuDNN's atomics differ between runs at the 1e-5 level
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4,
                                    msg=lambda s, n=k: f"{n}: {s}")
+
+
+@needs_dali
+def test_imagenet_batches_arrive_in_the_given_dtype(tiny):
+    train_loader, test_loader, _ = build_loaders(
+        "imagenet", 4, device="cpu", seed=0, data_dir=tiny.root, image_size=16,
+        data_threads=1, channels_last=True, dtype=torch.bfloat16)
+    for batches in (train_loader.epoch_batches(0), test_loader.eval_batches()):
+        images, labels = next(iter(batches))
+        assert images.dtype == torch.bfloat16 and labels.dtype == torch.int64
+        assert images.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("none", torch.float32)])
+def test_trainer_asks_for_batches_in_the_steps_dtype(tiny, tmp_path, monkeypatch, amp, dtype):
+    """The step's dtype (bf16 under bf16 autocast) is what the loaders are built with."""
+    from one_fast.runs import trainer
+
+    asked = {}
+
+    def record(*args, **kwargs):
+        asked.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(trainer, "build_loaders", record)
+    with pytest.raises(_Stop):
+        train.main([*FLAGS, "--data-dir", str(tiny.root), "--amp", amp, "--epochs", "1",
+                    "--out-dir", str(tmp_path / "run")])
+    assert asked["dtype"] == dtype

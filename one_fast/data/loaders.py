@@ -57,8 +57,8 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
                   synthetic_classes: int = 100, svhn_extra: bool = False,
                   image_size: int | None = None,
                   rank: int = 0, world_size: int = 1, channels_last: bool = False,
-                  data_threads: int | None = None,
-                  prefetch: int = 3) -> tuple[Loader, Loader, DatasetInfo]:
+                  data_threads: int | None = None, prefetch: int = 3,
+                  dtype: torch.dtype = torch.float32) -> tuple[Loader, Loader, DatasetInfo]:
     """Load or locate ``dataset`` and make its training and (rank-sharded) test loaders.
 
     Each rank trains on its own equal-sized shard of the training set and evaluates its share
@@ -81,6 +81,10 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
             divided among the ranks on the node). Ignored by in-memory datasets.
         prefetch: ImageNet: batches DALI prepares ahead of the step. Ignored by in-memory
             datasets.
+        dtype: ImageNet: the batches' floating dtype -- the step's (bfloat16 under bf16
+            autocast: the first convolution would cast to it anyway, and half the bytes cross
+            the hand-over). Ignored by in-memory datasets (uint8 on the device, augmented
+            there).
 
     Returns:
         (train_loader, test_loader, info).
@@ -99,7 +103,7 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
         train, test = imagenet_loaders(
             layout, batch_size, device=device, seed=seed, image_size=size, rank=rank,
             world_size=world_size, shard_eval=True, num_threads=data_threads,
-            prefetch=prefetch, channels_last=channels_last)
+            prefetch=prefetch, channels_last=channels_last, dtype=dtype)
         info = DatasetInfo(dataset, len(layout.train), len(layout.val), layout.num_classes, size,
                            class_names=layout.class_names)
         return train, test, info

@@ -20,6 +20,7 @@ device tensors the caller refills between steps, and the loss terms are summed o
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -28,6 +29,17 @@ from torch import nn
 from ..methods import MethodLoss
 
 WARMUP_STEPS = 3
+# How a capture treats CUDA calls that could break it (torch.cuda.graph's capture_error_mode).
+# "thread_local": only this thread is held to the capture rules. The input pipeline keeps
+# working in threads of its own while the step captures -- DALI decodes up to `prefetch`
+# batches ahead, and the batch just taken has made room in its queue, so its threads are busy
+# exactly then -- and their CUDA calls (allocations, synchronisation inside nvJPEG) would
+# invalidate a "global" capture (torch's default) or fail inside DALI. Capturing while the
+# loader is drained is not possible by construction: DALI has no pause, and capturing before
+# the pipeline starts would need warm-up steps on made-up batches, which would train the model
+# on them. The capturing thread runs nothing but the step meanwhile; DALI's streams are its
+# own and torch's capture stream does not synchronise with the legacy default stream.
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 class LossMethod(Protocol):
@@ -85,6 +97,17 @@ def capture_sync_reason(optimizer: torch.optim.Optimizer) -> str | None:
             return (f"param group {i} of {type(optimizer).__name__} has capturable=False: its "
                     f"update reads its step count on the host")
     return None
+
+
+def capture(graph: torch.cuda.CUDAGraph, body: Callable[[], None]) -> None:
+    """Record ``body()`` into ``graph`` with :data:`CAPTURE_ERROR_MODE` (why: see there).
+
+    Args:
+        graph: an empty CUDA graph.
+        body: the work to capture (it does not execute: replay the graph to run it).
+    """
+    with torch.cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE):
+        body()
 
 
 class TrainStep:
@@ -208,8 +231,7 @@ class TrainStep:
             return
         if self.graph is None:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._body(static_x, static_y)
+            capture(self.graph, lambda: self._body(static_x, static_y))
         self.graph.replay()  # capture does not execute: this replay is this call's step
         self.graph_replays += 1
 

@@ -18,6 +18,7 @@ from .backends import resolve_backend
 from .fused_linear_chunks import auto_chunk_rows
 from .fused_linear_op import forward_op
 from .fused_op import kl_weight_tensor
+from .reference import compute_dtype
 from .terms import ONELossTerms, RowTerms, reduce_terms
 from .validation import validate_one_loss_args
 
@@ -53,6 +54,19 @@ def _validate_linear(hidden, weight, bias, chunk_size) -> None:
         raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
 
 
+def resolve_accum_dtype(accum_dtype: torch.dtype | None, weight_dtype: torch.dtype
+                        ) -> torch.dtype:
+    """The gradient accumulators' dtype: ``accum_dtype``, or by default the compute dtype
+    (float32; float64 for float64 weights). Only that or the weights' own dtype is taken."""
+    default = compute_dtype(weight_dtype)
+    if accum_dtype is None:
+        return default
+    if accum_dtype not in (default, weight_dtype):
+        raise ValueError(f"accum_dtype must be None, {default} or the weights' dtype "
+                         f"{weight_dtype}, got {accum_dtype!r}")
+    return accum_dtype
+
+
 def _autocast(hidden, weight, bias):
     """Under autocast, cast like autocast's ``linear`` would (the operator itself is opaque):
     a bf16 trunk output meets float32 head weights there."""
@@ -79,6 +93,7 @@ def fused_linear_one_loss(
     reduction: str = "mean",
     chunk_size: int | None = None,
     backend: str = "auto",
+    accum_dtype: torch.dtype | None = None,
     return_terms: bool = False,
 ) -> torch.Tensor | ONELossTerms:
     """The ONE loss of m linear heads, computed chunk by chunk without materialising logits.
@@ -98,15 +113,31 @@ def fused_linear_one_loss(
             :func:`one_fast.loss.one_loss` (``backend`` picks the per-chunk ONE kernel).
         chunk_size: rows per chunk; None picks
             :func:`~one_fast.loss.fused_linear_chunks.auto_chunk_rows` (N, m, V, dtype).
+        accum_dtype: dtype of the gradient accumulators of hidden, weight and bias (the
+            gate's, N x m, stays float32): None for float32 (float64 for float64 inputs), or
+            the weights' dtype (e.g. bfloat16) to halve their memory; each chunk's product is
+            then added in that dtype (rounded once per chunk).
         return_terms: also return the loss parts, as ``one_loss`` does.
 
     Returns:
-        The loss in the accumulation dtype (float32; float64 for float64 inputs), or an
+        The loss in the compute dtype (float32; float64 for float64 inputs), or an
         :class:`~one_fast.loss.terms.ONELossTerms` if ``return_terms``.
 
-    Memory: two chunks of logits (the chunk's logits and their gradient) plus float32
-    accumulators for the weight and bias gradients; with ``reduction="none"`` backward runs the
-    chunks a second time (the per-row upstream gradient is known only then).
+    Memory, beyond the inputs (bytes; a = bytes per element of ``accum_dtype``, s = of the
+    weights' dtype, c = rows per chunk, and G = the elements of the gradients wanted among
+    hidden, weight and bias: N H (or N m H for per-head hidden) + m V H + m V)::
+
+        forward  (held until backward)    a G               + O(N m) gate gradient and terms
+                 (while a chunk runs)   + 2 c m V s           the chunk's logits and gradient
+                                                              (+ c m V a on the CPU, a != s:
+                                                              that gradient in a's dtype)
+        backward (handing over)         a G + s G             the gradients in their own dtypes
+
+    so the peak is max(a G + 2 c m V s, (a + s) G). At H = 4096, V = 131072, m = 4 the weight
+    accumulator alone is 8 GiB in float32, 4 GiB with ``accum_dtype=torch.bfloat16``. With
+    ``reduction="none"`` nothing is held from forward to backward; backward runs the chunks a
+    second time (the per-row upstream gradient is known only then) and peaks at
+    (a + s) G + 2 c m V s.
     """
     hidden, weight, bias = _autocast(hidden, weight, bias)
     _validate_linear(hidden, weight, bias, chunk_size)
@@ -119,6 +150,7 @@ def fused_linear_one_loss(
     kernel = resolve_backend(backend, hidden.device, m, float(temperature),
                              (weight.dtype, gate.dtype)).name
     rows = chunk_size if chunk_size is not None else auto_chunk_rows(n, m, v, weight.dtype)
+    accum = resolve_accum_dtype(accum_dtype, weight.dtype)
     grad = torch.is_grad_enabled()
     needs = [grad and hidden.requires_grad, grad and weight.requires_grad,
              grad and bias is not None and bias.requires_grad, grad and gate.requires_grad]
@@ -127,7 +159,7 @@ def fused_linear_one_loss(
                             "fused_linear_one_loss (pass kl_weight.detach())")
     loss, loss_rows, ce, ce_e, kl, *_ = forward_op(
         hidden, weight, bias, gate, target.long(), kl_w, float(temperature),
-        bool(detach_teacher), int(ignore_index), reduction, int(rows), kernel, needs)
+        bool(detach_teacher), int(ignore_index), reduction, int(rows), kernel, needs, accum)
     if not return_terms:
         return loss
     terms = reduce_terms(RowTerms(loss_rows, ce, ce_e, kl, target != ignore_index), reduction)
@@ -162,6 +194,7 @@ class FusedLinearONELoss(nn.Module):
         reduction: str = "mean",
         chunk_size: int | None = None,
         backend: str = "auto",
+        accum_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -180,6 +213,8 @@ class FusedLinearONELoss(nn.Module):
         self.reduction = reduction
         self.chunk_size = chunk_size
         self.backend = backend
+        self.accum_dtype = accum_dtype
+        resolve_accum_dtype(accum_dtype, self.weight.dtype)  # a bad value fails here
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -202,7 +237,8 @@ class FusedLinearONELoss(nn.Module):
             hidden, self.weight, gate, target, bias=self.bias, temperature=self.temperature,
             kl_weight=kl_weight, detach_teacher=self.detach_teacher,
             ignore_index=self.ignore_index, reduction=self.reduction,
-            chunk_size=self.chunk_size, backend=self.backend, return_terms=return_terms)
+            chunk_size=self.chunk_size, backend=self.backend, accum_dtype=self.accum_dtype,
+            return_terms=return_terms)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The heads' logits (N, m, V), materialised (for evaluation or generation)."""
@@ -217,4 +253,4 @@ class FusedLinearONELoss(nn.Module):
         return (f"hidden_size={h}, num_classes={v}, num_heads={m}, "
                 f"bias={self.bias is not None}, temperature={self.temperature}, "
                 f"reduction={self.reduction!r}, chunk_size={self.chunk_size}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}, accum_dtype={self.accum_dtype}")

@@ -5,7 +5,7 @@ Forward (``one_fast::fused_linear_one_loss``), for rows in chunks of ``chunk_row
     z      = hidden[chunk] @ weight[i].T + bias[i]      (chunk, m, V)  the m heads' logits
     terms, dz, dgate = fused ONE kernel(z, gate, target)  dz = d loss_n / d z[n] (per row)
     grad_hidden[chunk]  = sum_i dz[:, i] @ weight[i]    (shared hidden; per head: each i apart)
-    grad_weight[i]     += dz[:, i].T @ hidden[chunk]    float32 accumulators
+    grad_weight[i]     += dz[:, i].T @ hidden[chunk]    accumulators in accum_dtype
     grad_bias[i]       += sum_n dz[n, i]
     (z and dz are dropped before the next chunk)
 
@@ -20,11 +20,13 @@ exact, at the price of the logits GEMM and the kernel's first pass once more.
 The per-chunk kernel is the ``fused_op`` of the backend named by ``backend``
 (:data:`one_fast.loss.backends.BACKENDS`): a fused ONE kernel ("native", "triton") or the
 reference spec differentiated with ``torch.func.vjp`` (:mod:`one_fast.loss.reference_fused`,
-which runs where nothing else does). Gradient outputs are in
-the accumulation dtype (float32; float64 for float64 inputs): bf16/fp16 GEMMs write float32 on
-CUDA where torch has float32-output GEMMs (torch >= 2.8), else each chunk's product is rounded
-once to the input dtype before the float32 accumulation. The loop reads shapes only: no host
-synchronisation, so the operators can be captured in a CUDA graph.
+which runs where nothing else does). Gradient outputs are in ``accum_dtype``: float32
+(float64 for float64 inputs) by default -- bf16/fp16 GEMMs write float32 on CUDA where torch has
+float32-output GEMMs (torch >= 2.8); elsewhere each chunk's product is rounded once to the input
+dtype before the float32 accumulation on CUDA, and multiplied in float32 on the CPU -- or the
+inputs' own dtype, where every chunk's product is added in that dtype (half the memory for
+bf16, one rounding per chunk). The loop reads shapes only: no host synchronisation, so the
+operators can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ BACKWARD = "one_fast::fused_linear_one_loss_backward"
 _INPUTS = ("Tensor hidden, Tensor weight, Tensor? bias, Tensor gate, Tensor target, "
            "Tensor kl_weight")
 _OPTIONS = "float temperature, bool detach_teacher, int ignore_index"
-_CHUNKING = "int chunk_rows, str backend, bool[] needs"
+_CHUNKING = "int chunk_rows, str backend, bool[] needs, ScalarType accum_dtype"
 FORWARD_SCHEMA = (f"({_INPUTS}, {_OPTIONS}, str reduction, {_CHUNKING}) -> "
                   "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 BACKWARD_SCHEMA = (f"({_INPUTS}, Tensor grad_rows, {_OPTIONS}, {_CHUNKING}) -> "
@@ -104,6 +106,12 @@ def _accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -
     if _fp32_output_gemms(a.device.type):
         if _try_fp32_output(add, total, a, b, out_dtype=total.dtype, out=total) is not None:
             return
+    if a.device.type == "cpu":
+        # A mixed-dtype add on the CPU converts its operand through a temporary as large as
+        # ``total`` (TensorIterator's CPU casts): multiply the chunk-sized operands in the
+        # accumulator's dtype instead, so the only full-size tensor is ``total`` itself.
+        add(total, a.to(total.dtype), b.to(total.dtype), out=total)
+        return
     total.add_((torch.mm if a.dim() == 2 else torch.bmm)(a, b))
 
 
@@ -124,12 +132,15 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return z.transpose(0, 1)  # (rows, m, V) view of (m, rows, V)
 
 
-def _grad_buffers(hidden, weight, n, needs, new):
-    """Empty gradient outputs, (0,) for those not wanted (see the schemas' needs)."""
+def _grad_buffers(hidden, weight, n, needs, new, accum_dtype):
+    """Empty gradient outputs, (0,) for those not wanted (see the schemas' needs): hidden's,
+    weight's and bias's in ``accum_dtype``, the gate's (N x m, written once per row) in the
+    compute dtype. ``new(shape, dtype)`` allocates."""
     m, v, hdim = weight.shape
     shapes = (tuple(hidden.shape), (m, v, hdim), (m, v), (n, m))
-    return tuple(new(shape) if need else new((0,)) for shape, need in zip(shapes, needs,
-                                                                           strict=True))
+    dtypes = (accum_dtype, accum_dtype, accum_dtype, compute_dtype(weight.dtype))
+    return tuple(new(shape if need else (0,), dtype)
+                 for shape, dtype, need in zip(shapes, dtypes, needs, strict=True))
 
 
 def _add_chunk_gradients(dz, h, weight, rows, grads, needs) -> None:
@@ -158,8 +169,9 @@ def _add_chunk_gradients(dz, h, weight, rows, grads, needs) -> None:
 
 
 def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, detach_teacher,
-                ignore_index, chunk_rows, backend, needs, row_weight):
-    """The chunk loop. Returns (loss, ce, ce_ensemble, kl) per row and the four gradients.
+                ignore_index, chunk_rows, backend, needs, row_weight, accum_dtype):
+    """The chunk loop. Returns (loss, ce, ce_ensemble, kl) per row (in the compute dtype) and
+    the four gradients (in ``accum_dtype``).
 
     ``needs`` = which of (hidden, weight, bias, gate) get a gradient; ``row_weight`` None or (N,):
     the gradients are those of ``sum_n row_weight[n] * loss_n`` (of ``sum_n loss_n`` if None).
@@ -170,11 +182,11 @@ def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, deta
     weight = weight.contiguous()  # one copy at most, not one per chunk
     bias = None if bias is None else bias.contiguous()
 
-    def new(shape):
-        return torch.empty(shape, dtype=acc, device=weight.device)
+    def new(shape, dtype=acc):
+        return torch.empty(shape, dtype=dtype, device=weight.device)
 
     terms = (new((n,)), new((n, m)), new((n,)), new((n, m)))
-    grads = _grad_buffers(hidden, weight, n, needs, new)
+    grads = _grad_buffers(hidden, weight, n, needs, new, accum_dtype)
     _, grad_w, grad_b, grad_g = grads
     need_g = needs[3]
     grad_w.zero_()
@@ -205,11 +217,12 @@ def _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature, deta
 
 
 def _forward(hidden, weight, bias, gate, target, kl_weight, temperature, detach_teacher,
-             ignore_index, reduction, chunk_rows, backend, needs):
+             ignore_index, reduction, chunk_rows, backend, needs, accum_dtype):
     with_grad = reduction != "none"
     needs = tuple(bool(x) and with_grad for x in needs)
     terms, grads = _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature,
-                               detach_teacher, ignore_index, chunk_rows, backend, needs, None)
+                               detach_teacher, ignore_index, chunk_rows, backend, needs, None,
+                               accum_dtype)
     valid = target != ignore_index
     loss = reduce_rows(terms[0], valid, reduction)
     if reduction == "none":
@@ -222,33 +235,32 @@ def _forward(hidden, weight, bias, gate, target, kl_weight, temperature, detach_
 
 
 def _forward_fake(hidden, weight, bias, gate, target, kl_weight, temperature, detach_teacher,
-                  ignore_index, reduction, chunk_rows, backend, needs):
+                  ignore_index, reduction, chunk_rows, backend, needs, accum_dtype):
     n, m = gate.shape
     acc = compute_dtype(weight.dtype)
 
-    def new(shape):
-        return weight.new_empty(shape, dtype=acc)
+    def new(shape, dtype=acc):
+        return weight.new_empty(shape, dtype=dtype)
 
     with_grad = reduction != "none"
     needs = tuple(bool(x) and with_grad for x in needs)
     loss = new((n,) if reduction == "none" else ())
     return (loss, new((n,)), new((n, m)), new((n,)), new((n, m)),
-            *_grad_buffers(hidden, weight, n, needs, new))
+            *_grad_buffers(hidden, weight, n, needs, new, accum_dtype))
 
 
 def _backward_op(hidden, weight, bias, gate, target, kl_weight, grad_rows, temperature,
-                 detach_teacher, ignore_index, chunk_rows, backend, needs):
+                 detach_teacher, ignore_index, chunk_rows, backend, needs, accum_dtype):
     row_weight = grad_rows.to(compute_dtype(weight.dtype))
     return _run_chunks(hidden, weight, bias, gate, target, kl_weight, temperature,
                        detach_teacher, ignore_index, chunk_rows, backend, tuple(needs),
-                       row_weight)[1]
+                       row_weight, accum_dtype)[1]
 
 
 def _backward_fake(hidden, weight, bias, gate, target, kl_weight, grad_rows, temperature,
-                   detach_teacher, ignore_index, chunk_rows, backend, needs):
-    acc = compute_dtype(weight.dtype)
+                   detach_teacher, ignore_index, chunk_rows, backend, needs, accum_dtype):
     return _grad_buffers(hidden, weight, gate.shape[0], needs,
-                         lambda shape: weight.new_empty(shape, dtype=acc))
+                         lambda shape, dtype: weight.new_empty(shape, dtype=dtype), accum_dtype)
 
 
 backward_op = torch.library.custom_op(BACKWARD, _backward_op, mutates_args=(),
@@ -258,24 +270,44 @@ torch.library.register_fake(BACKWARD)(_backward_fake)
 
 def _setup_context(ctx, inputs, output):
     (hidden, weight, bias, gate, target, kl_weight, temperature, detach_teacher, ignore_index,
-     reduction, chunk_rows, backend, needs) = inputs
+     reduction, chunk_rows, backend, needs, accum_dtype) = inputs
+    # Only the loss output is differentiated: the other outputs' gradients stay None instead of
+    # zero tensors as large as them (autograd would allocate an m x V x H one for grad_weight).
+    ctx.set_materialize_grads(False)
     ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype, gate.dtype)
     ctx.needs = tuple(needs)
     ctx.reduction = reduction
     if reduction == "none":  # backward runs the chunks again with the per-row gradient
         ctx.save_for_backward(hidden, weight, bias, gate, target, kl_weight)
-        ctx.options = (temperature, detach_teacher, ignore_index, chunk_rows, backend, needs)
+        ctx.options = (temperature, detach_teacher, ignore_index, chunk_rows, backend, needs,
+                       accum_dtype)
     else:  # the gradients of the reduced loss, computed in the forward
         ctx.save_for_backward(*output[5:9])
 
 
+# Elements per block when the CPU scales a gradient into another dtype (4 MiB of float32).
+_CPU_CAST_BLOCK = 2**20
+
+
 def _scaled(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``grad * scale`` rounded once to ``dtype``, in one pass: no full-size float32 temporary
-    next to the float32 accumulator (at vocabulary scale grad_weight is gigabytes)."""
-    return torch.mul(grad, scale.to(grad.dtype), out=torch.empty_like(grad, dtype=dtype))
+    """``grad * scale`` rounded once to ``dtype``, with no full-size temporary next to the
+    accumulator (at vocabulary scale grad_weight is gigabytes). The scale stays in the compute
+    dtype (a bf16 accumulator does not round it)."""
+    out = torch.empty_like(grad, dtype=dtype)
+    scale = scale.to(compute_dtype(grad.dtype))
+    if grad.device.type == "cpu" and grad.dtype != dtype and grad.is_contiguous():
+        # The CPU writes a mixed-dtype result through a temporary of the whole output: one
+        # block at a time keeps that temporary small.
+        for src, dst in zip(grad.view(-1).split(_CPU_CAST_BLOCK),
+                            out.view(-1).split(_CPU_CAST_BLOCK), strict=True):
+            torch.mul(src, scale, out=dst)
+        return out
+    return torch.mul(grad, scale, out=out)
 
 
 def _backward(ctx, grad_loss, *unused_term_grads):
+    if grad_loss is None:  # the loss itself was not used: nothing flows back
+        return (None,) * 14
     if ctx.reduction == "none":
         hidden, weight, bias, gate, target, kl_weight = ctx.saved_tensors
         grads = backward_op(hidden, weight, bias, gate, target, kl_weight, grad_loss,
@@ -285,7 +317,7 @@ def _backward(ctx, grad_loss, *unused_term_grads):
     else:
         out = [_scaled(g, grad_loss, dtype) if need else None
                for g, dtype, need in zip(ctx.saved_tensors, ctx.dtypes, ctx.needs, strict=True)]
-    return (*out, None, None, None, None, None, None, None, None, None)
+    return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 forward_op = torch.library.custom_op(FORWARD, _forward, mutates_args=(), schema=FORWARD_SCHEMA)

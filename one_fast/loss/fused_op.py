@@ -47,6 +47,9 @@ def _fake(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_i
 
 
 def _setup_context(ctx, inputs, output):
+    # Only the loss output is differentiated: the others' gradients stay None instead of zero
+    # tensors as large as them (autograd would allocate an N x m x C one for grad_logits).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[4], output[5])
     ctx.gate_dtype = inputs[1].dtype
 
@@ -54,6 +57,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, *unused_term_grads):
     # d total / d logits[n] = (d total / d loss_n) * (d loss_n / d logits[n]), computed in
     # float32 (float64 for float64 gradients, so a float64 gradcheck stays exact).
+    if grad_loss is None:  # the loss itself was not used: nothing flows back
+        return (None,) * 8
     grad_logits, grad_gate = ctx.saved_tensors
     if grad_logits.dim() != 3:  # the (0,) placeholder: N = 0 still gives (0, m, C)
         raise RuntimeError("fused ONE loss: backward called but the forward computed no "
@@ -67,17 +72,46 @@ def _backward(ctx, grad_loss, *unused_term_grads):
             None, None, None, None, None, None)
 
 
-def attach_fake_and_autograd(qualname: str) -> None:
-    """Register shape inference and the backward for an operator with :data:`FUSED_SCHEMA`."""
-    torch.library.register_fake(qualname)(_fake)
+def fake_outputs(logits: torch.Tensor, gate: torch.Tensor, compute_grad: bool
+                 ) -> tuple[torch.Tensor, ...]:
+    """Empty tensors with the shapes and dtypes of a fused operator's six outputs (the
+    operator's fake implementation; a traceable implementation must allocate the same)."""
+    return _fake(logits, gate, None, None, None, None, None, compute_grad)
+
+
+def attach_autograd(qualname: str) -> None:
+    """Register the backward of an operator with :data:`FUSED_SCHEMA`."""
     torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
 
 
+def attach_fake_and_autograd(qualname: str) -> None:
+    """Register shape inference and the backward for an operator with :data:`FUSED_SCHEMA`."""
+    torch.library.register_fake(qualname)(_fake)
+    attach_autograd(qualname)
+
+
 def define_python_op(qualname: str, impl: Callable, device_types=None):
-    """Define ``qualname`` (e.g. "one_fast::triton_one_loss") from a Python implementation."""
+    """Define ``qualname`` (e.g. "one_fast::triton_one_loss") from a Python implementation,
+    opaque to ``torch.compile`` (it sees the fake implementation only)."""
     op = torch.library.custom_op(qualname, impl, mutates_args=(), device_types=device_types,
                                  schema=FUSED_SCHEMA)
     attach_fake_and_autograd(qualname)
+    return op
+
+
+def define_triton_op(qualname: str, impl: Callable):
+    """Define ``qualname`` from ``impl``, a function of torch operators and Triton kernels
+    launched through ``torch.library.wrap_triton``, with :func:`torch.library.triton_op`.
+
+    Unlike :func:`define_python_op`, ``torch.compile`` traces into ``impl``: Inductor sees the
+    kernel launch itself (and AOTInductor can compile it in). ``impl`` is also the fake
+    implementation (run on fake tensors, where the wrapped launch does nothing), so it must
+    allocate exactly what :func:`fake_outputs` does; its type annotations give the schema,
+    which must have :data:`FUSED_SCHEMA`'s types (torch infers ``int`` as ``SymInt``). The
+    backward is the shared one.
+    """
+    op = torch.library.triton_op(qualname, impl, mutates_args=())
+    attach_autograd(qualname)
     return op
 
 

@@ -46,12 +46,13 @@ that row's loss, terms and gradients NaN, so it is visible rather than silently 
 from __future__ import annotations
 
 import os
+import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from .fused_op import define_python_op, row_terms_from_op
+from .fused_op import define_python_op, define_triton_op, row_terms_from_op
 from .reference import compute_dtype
 
 # Block sizes, chosen so that the compiled kernel keeps its state in registers (few spills) over
@@ -264,9 +265,22 @@ def _launch_config(n: int, m: int, c: int, float64: bool = False
     return m_pad, rows, block_c, num_warps
 
 
-def impl(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_index,
-         compute_grad):
-    """Launch the fused kernel; returns the six tensors of ``fused_op.FUSED_SCHEMA``."""
+def _split_float32(value: float) -> tuple[float, float]:
+    """``value`` as float32 hi + lo parts (hi = value rounded to float32), on the host: the op
+    is also traced on fake tensors, where a tensor's value cannot be read."""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    return hi, value - hi
+
+
+def impl(logits: torch.Tensor, gate: torch.Tensor, target: torch.Tensor,
+         kl_weight: torch.Tensor, temperature: float, detach_teacher: bool, ignore_index: int,
+         compute_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                      torch.Tensor, torch.Tensor]:
+    """Launch the fused kernel; returns the six tensors of ``fused_op.FUSED_SCHEMA``.
+
+    Traceable (torch.library.triton_op): torch operators and the wrapped kernel launch only,
+    nothing read from a tensor's values.
+    """
     n, m, c = logits.shape
     if c > 1 and logits.stride(2) != 1:
         logits = logits.contiguous()  # the kernel reads rows of classes contiguously
@@ -281,15 +295,24 @@ def impl(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_in
     if n == 0:
         return loss, ce, ce_e, kl, grad, grad_gate
     m_pad, rows, block_c, num_warps = _launch_config(n, m, c, acc == torch.float64)
-    t_hi = float(torch.tensor(temperature, dtype=torch.float32))
-    t_lo = float(temperature - t_hi)
+    t_hi, t_lo = _split_float32(float(temperature))
     kl_weight = kl_weight.reshape(1)
     grid = (triton.cdiv(n, rows),)
-    launch = _one_loss_kernel[grid]
+    if INTERPRETED:
+        # The interpreter runs the kernel as Python; triton 3.6's turns an int argument into a
+        # one-element array, which range() cannot take with a NumPy where int() of such an
+        # array is an error (2.4 here: "only 0-dimensional arrays can be converted to Python
+        # scalars"; triton 3.9 squeezes it first). So C goes in as a constexpr object, which
+        # the interpreter passes through unchanged. Not traceable by wrap_triton either.
+        launch = _one_loss_kernel[grid]
+        c_arg = tl.constexpr(c)
+    else:
+        launch = torch.library.wrap_triton(_one_loss_kernel)[grid]
+        c_arg = c
     args = (
         logits, gate, target, kl_weight, loss, ce, ce_e, kl,
         grad if compute_grad else loss, grad_gate if compute_grad else loss,
-        n, c, logits.stride(0), logits.stride(1), gate.stride(0), gate.stride(1),
+        n, c_arg, logits.stride(0), logits.stride(1), gate.stride(0), gate.stride(1),
         target.stride(0), t_hi, t_lo, ignore_index,
     )
     meta = dict(M=m, M_PAD=m_pad, ROWS=rows, BLOCK_C=block_c,
@@ -304,5 +327,10 @@ def impl(logits, gate, target, kl_weight, temperature, detach_teacher, ignore_in
     return loss, ce, ce_e, kl, grad, grad_gate
 
 
-op = define_python_op("one_fast::triton_one_loss", impl)
+QUALNAME = "one_fast::triton_one_loss"
+# Compiled kernels are registered with torch.library.triton_op, so torch.compile traces into the
+# launch and Inductor (and AOTInductor) see the kernel itself; the interpreter's kernel is a
+# Python function that wrap_triton cannot trace, so there the op is an opaque custom op (with
+# the same fake implementation and backward).
+op = define_python_op(QUALNAME, impl) if INTERPRETED else define_triton_op(QUALNAME, impl)
 row_terms = row_terms_from_op(op)

@@ -15,6 +15,8 @@ One JSON object per run folder, always replaced atomically::
          "host": str, "world_size": int, "devices": [str per rank], "started": iso-time,
          "ended": iso-time | null, "from_epoch": int, "epochs_finished": int, "status": ...,
          "resumed_from": str (when it continued another folder's run),
+         "runtime": {...} (what the trainer resolved: loss backend, compile, CUDA graphs,
+                        autocast, channels_last, cudnn.benchmark, CPU threads),
          "elastic_restart": int (torchrun restarts of the worker group, when > 0)}
       ]
     }
@@ -189,6 +191,16 @@ def start_provenance(run_dir: str | os.PathLike, config: TrainConfig, *, from_ep
             "epochs_finished": from_epoch, "invocations": [*earlier, invocation]}
     _write(run_dir, data)
     return data, note
+
+
+def record_runtime(run_dir: str | os.PathLike, data: dict[str, Any],
+                   runtime: dict[str, Any]) -> None:
+    """Add what the trainer resolved for this invocation (``runtime``: the loss backend, compile,
+    CUDA graphs, autocast dtype, memory format, ``cudnn.benchmark``, CPU threads) to the latest
+    invocation of ``data`` (what :func:`start_provenance` returned, updated in place) and
+    rewrite ``run.json``."""
+    data["invocations"][-1]["runtime"] = runtime
+    _write(Path(run_dir), data)
 
 
 def finish_provenance(run_dir: str | os.PathLike, data: dict[str, Any], status: str,

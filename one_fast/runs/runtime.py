@@ -1,6 +1,6 @@
 """The config's "auto" choices resolved for this machine: device, compile, CUDA graphs, precision,
-memory format, the loss backend ``--fused`` runs on, the CPU's intra-op threads, and the
-optimizer that fits them."""
+memory format, cuDNN autotuning, the loss backend ``--fused`` runs on, the CPU's intra-op
+threads, and the optimizer that fits them."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ class Runtime:
     loss_backend: str
     note: str  # lines to print: the CPU's threads, what --fused resolved to when it fell back
     cpu_threads: int | None = None  # intra-op threads to train with on the CPU (None: CUDA)
+    # torch.backends.cudnn.benchmark for the run: on for CUDA, where every step has the same
+    # shapes (fixed batches; the last partial batch only in evaluation), so cuDNN's autotuner
+    # picks each convolution's fastest algorithm once. The trainer sets it; run.json records it
+    # (the algorithms it picks may differ between runs, so results are not bitwise equal).
+    cudnn_benchmark: bool = False
 
 
 def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
@@ -63,6 +68,7 @@ def resolve_runtime(config: TrainConfig, dist: distributed.DistInfo) -> Runtime:
         loss_backend=backend,
         note=note,
         cpu_threads=threads,
+        cudnn_benchmark=cuda,
     )
 
 

@@ -113,7 +113,7 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
             if start.record is not None:
                 return start.record
             try:
-                record = _train(start.config, dist, start.from_epoch)
+                record = _train(start.config, dist, start.from_epoch, start.provenance)
             except (KeyboardInterrupt, RunStopped) as err:
                 interrupted = isinstance(err, KeyboardInterrupt) or str(err).startswith(
                     "interrupted")
@@ -129,11 +129,20 @@ def run(config: TrainConfig, notes: tuple[str, ...] | list[str] = ()) -> dict[st
         distributed.shutdown()
 
 
-def _train(config: TrainConfig, dist: distributed.DistInfo, start_epoch: int
-           ) -> dict[str, object]:
+def _train(config: TrainConfig, dist: distributed.DistInfo, start_epoch: int,
+           record: dict[str, object] | None = None) -> dict[str, object]:
+    """Train from ``start_epoch``; ``record`` is rank 0's run.json content, which gains what
+    the runtime resolved to."""
     rt = resolve_runtime(config, dist)
     if rt.cpu_threads is not None:
         torch.set_num_threads(rt.cpu_threads)
+    torch.backends.cudnn.benchmark = rt.cudnn_benchmark
+    if record is not None:
+        provenance.record_runtime(config.out_dir, record, {
+            "device": str(rt.device), "loss_backend": rt.loss_backend, "compile": rt.compile,
+            "cuda_graphs": rt.cuda_graphs, "amp_dtype": str(rt.amp_dtype).removeprefix("torch.")
+            if rt.amp_dtype else None, "channels_last": rt.channels_last,
+            "cudnn_benchmark": rt.cudnn_benchmark, "cpu_threads": rt.cpu_threads})
     if rt.note:
         _say(dist, rt.note)
     torch.manual_seed(config.seed)
@@ -147,7 +156,8 @@ def _train(config: TrainConfig, dist: distributed.DistInfo, start_epoch: int
         synthetic_classes=config.synthetic_classes, svhn_extra=config.svhn_extra,
         image_size=image_size(config) if resized else config.image_size,
         rank=dist.rank, world_size=dist.world_size, channels_last=rt.channels_last,
-        data_threads=config.data_threads, prefetch=config.prefetch)
+        data_threads=config.data_threads, prefetch=config.prefetch,
+        dtype=rt.amp_dtype or torch.float32)
     if dist.is_main:  # what export and predict read instead of reloading the dataset
         save_input_spec(config.out_dir, loader_input_spec(data, test_loader, config.data_dir))
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format

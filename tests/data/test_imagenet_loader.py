@@ -237,8 +237,8 @@ def test_bad_arguments_are_named(layout):
 
 @needs_dali
 def test_batches_stay_valid_after_later_batches_arrive(tiny, layout):
-    """Batches are DALI's buffers handed over without a copy: holding a whole epoch's batches
-    (more than DALI prefetches) must not let later batches overwrite earlier ones."""
+    """Holding a whole epoch's batches (more than DALI prefetches) must not let later batches
+    overwrite earlier ones."""
     loader = ImageNetLoader(layout.train, 2, device="cpu", seed=4, augment=True,
                             drop_last=True, image_size=SIZE, num_threads=2, prefetch=2)
     snapshots, held = [], []
@@ -248,3 +248,30 @@ def test_batches_stay_valid_after_later_batches_arrive(tiny, layout):
     assert len(held) == 9
     for (x1, y1), (x2, y2) in zip(snapshots, held, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+@needs_dali
+def test_batches_are_handed_over_by_the_dali_pytorch_plugin(tiny, layout, monkeypatch):
+    """Every output (images and labels) is copied into a torch tensor of its own by the
+    plugin's feed_ndarray: no batch shares memory with DALI's buffers."""
+    from nvidia.dali.plugin import pytorch as plugin
+
+    fed = []
+    real = plugin.feed_ndarray
+
+    def recording(dali_tensor, arr, cuda_stream=None):
+        fed.append((tuple(dali_tensor.shape()), arr.dtype, arr.device.type, cuda_stream))
+        return real(dali_tensor, arr, cuda_stream)
+
+    monkeypatch.setattr(plugin, "feed_ndarray", recording)
+    loader = ImageNetLoader(layout.train, 4, device="cpu", seed=0, augment=False,
+                            drop_last=True, image_size=SIZE, num_threads=2,
+                            channels_last=True)
+    batches = list(loader.epoch_batches(0))
+    assert len(batches) == 4
+    assert fed == [((4, SIZE, SIZE, 3), torch.float32, "cpu", None),
+                   ((4, 1), torch.int32, "cpu", None)] * 4
+    expected = tiny.expected("train")
+    for images, labels in batches:
+        files = identify_flat_images(images, expected)
+        assert labels.tolist() == [expected[f][0] for f in files]

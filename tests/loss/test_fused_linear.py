@@ -164,6 +164,24 @@ def test_low_precision_no_worse_than_materialising(dtype, per_head):
     check_low_precision(dtype, CPU, per_head)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_accumulating_in_the_weights_dtype_costs_one_rounding_per_chunk(dtype, per_head):
+    check_low_precision(dtype, CPU, per_head, accum_dtype=dtype)
+
+
+def test_accum_dtype_float32_is_the_default_exactly():
+    inputs = make_linear_inputs(12, 8, 2, 50, dtype=torch.bfloat16)
+    hidden, weight, bias, gate, target = inputs
+    results = []
+    for accum in (None, torch.float32):
+        loss = fused_linear_one_loss(hidden, weight, gate, target, bias=bias, chunk_size=4,
+                                     accum_dtype=accum)
+        results.append((loss, *torch.autograd.grad(loss, (hidden, weight, bias, gate))))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 # ---- the module ------------------------------------------------------------------------------
 
 def test_module_is_linear_heads_plus_one_loss():
@@ -230,6 +248,7 @@ def test_validation_names_the_argument():
         (dict(temperature=0.0), ValueError, "temperature must be finite and > 0"),
         (dict(backend="cuda-magic"), ValueError, "backend must be 'auto' or one of"),
         (dict(kl_weight=torch.ones(1, requires_grad=True)), ValueError, "kl_weight"),
+        (dict(accum_dtype=torch.float16), ValueError, "accum_dtype must be None, "),
     ]
     base = dict(hidden=hidden, weight=weight, gate=gate, target=target, bias=bias)
     for change, error, message in cases:
@@ -239,6 +258,8 @@ def test_validation_names_the_argument():
                                   args.pop("target"), **args)
     with pytest.raises(ValueError, match="num_classes must be a positive int"):
         FusedLinearONELoss(4, 0, 2)
+    with pytest.raises(ValueError, match="accum_dtype must be None, "):
+        FusedLinearONELoss(4, 5, 2, accum_dtype=torch.bfloat16)  # float32 weights
 
 
 # ---- chunk-size rule -------------------------------------------------------------------------
@@ -311,12 +332,13 @@ def test_operators_pass_opcheck():
         utils = utils[1:]
     for reduction in ("mean", "none"):
         args = (hidden, weight, bias, gate, target, klw, *common, reduction, 4, AUTO,
-                [True, True, True, True])
+                [True, True, True, True], torch.float32)
         torch.library.opcheck(fused_linear_op.forward_op, args, test_utils=utils)
     grad_rows = torch.randn(6)
     torch.library.opcheck(fused_linear_op.backward_op,
                           (hidden.detach(), weight.detach(), None, gate.detach(), target, klw,
-                           grad_rows, *common, 4, AUTO, [True, True, False, True]),
+                           grad_rows, *common, 4, AUTO, [True, True, False, True],
+                           torch.float32),
                           test_utils=utils)
 
 

@@ -117,6 +117,10 @@ def test_provenance_records_where_the_run_came_from(tmp_path):
     assert invocation["world_size"] == 1 and invocation["devices"][0].startswith("cpu")
     assert invocation["started"] <= invocation["ended"] and invocation["host"]
     assert invocation["command"]
+    runtime = invocation["runtime"]  # what the trainer resolved, cuDNN autotuning included
+    assert runtime["device"] == "cpu" and runtime["cudnn_benchmark"] is False
+    assert runtime["loss_backend"] in ("reference", "native", "triton")
+    assert isinstance(runtime["cpu_threads"], int) and runtime["cpu_threads"] >= 1
     line = provenance.provenance_line(run_dir)
     assert line == f"trained by commit {provenance.code_label(invocation['code'])}, config " \
                    f"{data['config_hash']}"

@@ -25,6 +25,7 @@ import torch
 from ..cpus import cores_per_process
 from ..device import ShardLoader, derive_seed, shard_indices
 from ..errors import CorruptDatasetError
+from .handover import HandOver
 from .layout import ImageNetLayout, ImageSplit
 from .pipeline import IMAGENET_MEAN, IMAGENET_STD, PipelineSpec, build_pipeline, import_dali
 
@@ -202,6 +203,7 @@ class ImageNetLoader(ShardLoader):
         start = time.perf_counter()
         spec = self._spec(positions, augment, seed, Path(self._scratch.name) / "files.txt")
         pipe = build_pipeline(spec)
+        hand_over = HandOver(self.device)
         stats.build_s = time.perf_counter() - start
         stats.wait_s = stats.build_s
         b = self.batch_size
@@ -212,8 +214,8 @@ class ImageNetLoader(ShardLoader):
                     images_tl, labels_tl = pipe.run()
                 except RuntimeError as err:
                     raise self._decode_failure(positions, step, what, err) from err
-                images = self._as_torch(images_tl)
-                labels = self._as_torch(labels_tl).view(-1).to(torch.int64)
+                images = hand_over(images_tl)
+                labels = hand_over(labels_tl).view(-1).to(torch.int64)
                 n = min(b, len(positions) - step * b)  # the padded tail of the last eval batch
                 images, labels = images[:n], labels[:n]
                 if self.channels_last:
@@ -227,16 +229,8 @@ class ImageNetLoader(ShardLoader):
                 stats.batches += 1
                 yield images, labels
         finally:
+            hand_over.close()  # every copy has run before DALI's buffers go
             del pipe  # frees DALI's buffers (device memory in mixed mode) before the next pass
-
-    def _as_torch(self, batch) -> torch.Tensor:
-        """A DALI output batch as a torch tensor without a copy (DLPack). DALI's dynamic
-        executor (the default since DALI 2.0, as in its own PyTorch iterator) keeps the buffer
-        alive while the tensor lives, and on CUDA makes it ready on torch's current stream."""
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                return torch.from_dlpack(batch.as_tensor())
-        return torch.from_dlpack(batch.as_tensor())
 
     def _decode_failure(self, positions: np.ndarray, step: int, what: str,
                         err: RuntimeError) -> Exception:

@@ -101,7 +101,8 @@ def build_pipeline(spec: PipelineSpec):
     gpu = spec.device_id is not None
     size = spec.image_size
 
-    # exec_dynamic: outputs are handed over to torch without a copy (ImageNetLoader._as_torch).
+    # exec_dynamic: the executor of DALI 2.x, whose outputs stay alive while referenced
+    # (handover.HandOver keeps each one until torch has copied it).
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads,
                   device_id=spec.device_id, seed=spec.seed, prefetch_queue_depth=spec.prefetch,
                   exec_dynamic=True)
