@@ -229,11 +229,18 @@ class Log:
         self.file.write(data)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_stage(stage: Stage, limit_s: float, log: Log, stage_log: Path) -> tuple[int, bool]:
     """Run one stage under ``limit_s`` seconds (SIGINT, then SIGKILL); returns (exit status,
     whether it ran out of time). Its output goes to the console, check.log and ``stage_log``."""
+    # SIGINT restored in the child: the check stops a stage with it, and a shell that ignores
+    # SIGINT (`nohup ... &`) would otherwise pass that on, leaving only the SIGKILL.
     proc = subprocess.Popen(stage.argv, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_default_sigint)
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + limit_s
     timed_out = False

@@ -50,7 +50,8 @@ def test_one_teaches_a_kd_student(tmp_path):
     assert kd[0]["costs"]["teacher_flops"] > kd[0]["costs"]["student_flops"]
     state = load_checkpoint(tmp_path / "kd")
     assert state["config"]["num_branches"] == 1  # kd's requirement, applied without a flag
-    student = build_model(config_from_args(["--num-branches", "1"]), 10)
+    student = build_model(config_from_args(["--method", "kd", "--teacher", str(tmp_path / "one")]),
+                          10)
     assert state["model"].keys() == student.state_dict().keys()  # no teacher tensors
     momentum = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
     assert len(momentum) == len(list(student.parameters()))
