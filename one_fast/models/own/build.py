@@ -29,13 +29,16 @@ def _first_width(model: nn.Module) -> int | None:
     return None
 
 
-def _perturbed(state: dict[str, torch.Tensor], generator: torch.Generator
-               ) -> dict[str, torch.Tensor]:
-    """A copy of ``state`` with N(0, (PERTURBATION * std)^2) noise on every float tensor of more
-    than one value (BatchNorm's constant initial weights and zero biases stay as they are)."""
+def _perturbed(state: dict[str, torch.Tensor], parameters: set[str],
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` with N(0, (PERTURBATION * std)^2) noise on every float parameter of
+    more than one value (BatchNorm's constant initial weights and zero biases stay as they are).
+    Buffers are copied unchanged: noise on a pretrained BatchNorm's running variance could make
+    it negative."""
     out = {}
     for name, tensor in state.items():
-        if tensor.is_floating_point() and tensor.numel() > 1 and not tensor.is_meta:
+        if (name in parameters and tensor.is_floating_point() and tensor.numel() > 1
+                and not tensor.is_meta):
             noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
             tensor = tensor + PERTURBATION * tensor.std() * noise.to(tensor.device)
         out[name] = tensor
@@ -44,7 +47,8 @@ def _perturbed(state: dict[str, torch.Tensor], generator: torch.Generator
 
 def _head_states(head: nn.Module, models: list[nn.Module], copies: int
                  ) -> list[dict[str, torch.Tensor]]:
-    names = [n for n, _ in head.named_parameters()] + [n for n, _ in head.named_buffers()]
+    parameters = [n for n, _ in head.named_parameters()]
+    names = parameters + [n for n, _ in head.named_buffers()]
     states = []
     for model in models:
         full = dict(model.named_parameters())
@@ -52,7 +56,7 @@ def _head_states(head: nn.Module, models: list[nn.Module], copies: int
         states.append({name: full[name] for name in names})
     generator = torch.Generator().manual_seed(0)
     while len(states) < copies:
-        states.append(_perturbed(states[0], generator))
+        states.append(_perturbed(states[0], set(parameters), generator))
     return states
 
 

@@ -87,6 +87,26 @@ def test_a_module_is_copied_then_perturbed_and_left_alone():
                                before["layer4.bn1.weight"], rtol=0, atol=0)
 
 
+def test_copies_keep_the_model_s_batchnorm_statistics():
+    """A trained model's running statistics (small variances spread across channels) are
+    copied into every branch as they are: noise on them could make a variance negative."""
+    model = resnet(num_classes=4)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.copy_(torch.randn(bn.num_features))
+                bn.running_var.copy_(torch.rand(bn.num_features) * 1e-3 + 1e-4 * torch.arange(
+                    bn.num_features))
+    before = model.state_dict()
+    heads = branch(model, at="layer4", num_branches=3).state_dict()
+    for stat in ("running_mean", "running_var", "num_batches_tracked"):
+        stacked = heads[f"branches.layer4.bn1.{stat}"]
+        for i in range(3):
+            assert torch.equal(stacked[i], before[f"layer4.bn1.{stat}"]), (stat, i)
+    net = branch(model, at="layer4", num_branches=3).eval()
+    assert torch.isfinite(net(torch.randn(4, 3, 32, 32))[0]).all()
+
+
 def test_dropout_is_independent_per_branch():
     """randomness="different": branches with equal weights drop different units in train mode
     and agree in eval mode."""
