@@ -117,7 +117,7 @@ class RunJob:
         run = self.planned()
         if run.teacher is not None and run_state(run.teacher).state != FINISHED:
             raise RuntimeError(f"its teacher run {run.teacher.run_dir} did not finish")
-        live = (lambda: set(live_jobs() or {})) if self.launcher == "slurm" else None
+        live = live_jobs if self.launcher == "slurm" else None
         try:
             with RunLock(run.run_dir, live):
                 result = self._train(run)

@@ -15,9 +15,12 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
+
+# Returns the Slurm job ids queued or running, or None when squeue cannot answer right now.
+LiveJobs = Callable[[], Container[str] | None]
 
 LOCK_SUFFIX = ".lock"
 
@@ -67,20 +70,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def holder_alive(holder: Holder, live_jobs: Callable[[], set[str]] | None = None) -> bool:
+def holder_alive(holder: Holder, live_jobs: LiveJobs | None = None) -> bool:
     """Whether ``holder`` may still be training.
 
     Args:
         holder: the lock's holder.
-        live_jobs: returns the Slurm job ids queued or running (``squeue``); None where Slurm
-            is not available, so a job's lock on another host counts as alive.
+        live_jobs: returns the Slurm job ids queued or running (``squeue``), or None when
+            squeue cannot answer right now; None itself where Slurm is not available. Without
+            an answer a job's lock counts as alive unless its pid on this host is gone: a
+            failing squeue must never let a second trainer into a running job's folder.
     """
     me = this_process()
     if holder.job_id:
         if holder.job_id == me.job_id:  # this very job, restarted by a requeue
             return holder.host == me.host and holder.pid != me.pid and _pid_alive(holder.pid)
-        if live_jobs is not None:
-            return holder.job_id in live_jobs()
+        live = live_jobs() if live_jobs is not None else None
+        if live is not None:
+            return holder.job_id in live
     if holder.host == me.host:
         return _pid_alive(holder.pid)
     return True
@@ -101,7 +107,7 @@ class RunLock:
         RunLocked: a live holder has it.
     """
 
-    def __init__(self, run_dir: Path, live_jobs: Callable[[], set[str]] | None = None):
+    def __init__(self, run_dir: Path, live_jobs: LiveJobs | None = None):
         self.path = lock_path(Path(run_dir))
         self.run_dir = Path(run_dir)
         self.live_jobs = live_jobs

@@ -393,6 +393,16 @@ def run_table(table: Table, options: RunnerOptions,
             say(f"{head}: skipped: {err}")
             to_train -= 1
             continue
+        # Read the folder again under the lock: another runner may have trained it meanwhile.
+        state = run_state(run)
+        command = command_for(run, state, options.rerun_stale)
+        if command is None:
+            lock.release()
+            result.outcomes[key] = held_outcome(run, state)
+            say(f"{head}: {_held_line(state)} ({run.run_dir})")
+            to_train -= 1
+            _notify(on_update, result)
+            continue
         say(f"{head}: {_verb(state, command)}, log {run.log_path}\n  {shown_command(command)}")
         try:
             code, seconds, reason = train(command, run.log_path)

@@ -164,7 +164,10 @@ def launch_slurm(table: Table, options: RunnerOptions, slurm: SlurmOptions,
     require_sbatch()
     options = slurm_precision(options, slurm)
     folder = table_dir(table, options)
-    live = live_jobs() or {}
+    live = live_jobs()
+    if live is None:  # submitting blind could queue a second job for a queued or running run
+        raise SlurmError("squeue did not answer, so which runs are already queued or running "
+                         "cannot be told; nothing was submitted (try again when it answers)")
     recorded = read_jobs(folder)
     by_key = {}
     to_submit: list[RunJob] = []
