@@ -1,12 +1,13 @@
 """``python -m one_fast.export RUN_DIR --out FILE``: ship a run's student (or ensemble) as a file.
 
-    python -m one_fast.export runs/digits --out runs/student.pt2           # branch 0, torch.export
+    python -m one_fast.export runs/digits --out runs/student.pt2           # student, torch.export
     python -m one_fast.export runs/digits --member ensemble --format onnx --out runs/one_e.onnx
 
-Takes branch ``--member`` (default 0) out of the run's network as a plain single-branch network
-(or the whole ensemble as one module), writes it as pt2 (``torch.export``, the default), onnx,
-torchscript or state_dict, checks that the written file reproduces the in-memory module on a
-batch of test images, and prints its parameters, FLOPs per image and file size.
+Takes branch ``--member`` (default: the method's student -- branch 0, OKDDip's leader) out of
+the run's network as a plain single-branch network (or the whole ensemble as one module),
+writes it as pt2 (``torch.export``, the default), onnx, torchscript or state_dict, checks that
+the written file reproduces the in-memory module on a batch of test images, and prints its
+parameters, FLOPs per image and file size.
 
 The input description comes from the run's ``inputs.json``; the dataset is read only for the
 check batch. An ImageNet run is checked on its first validation images when its folder and
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained run's student (one branch as a plain network) or its "
                     "ensemble to a file, checked against the in-memory model.")
     parser.add_argument("run_dir", help="run folder written by python -m one_fast.train")
-    parser.add_argument("--member", default="0",
-                        help="branch index to export (default 0), or 'ensemble'")
+    parser.add_argument("--member", default=None,
+                        help="branch index to export (default: the method's student -- branch "
+                             "0, OKDDip's leader, the last branch), or 'ensemble'")
     parser.add_argument("--format", default="pt2",
                         help=f"one of {', '.join(FORMATS)} (default pt2: torch.export)")
     parser.add_argument("--out", required=True, help="file to write (atomically)")
@@ -114,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = build_parser().parse_args(argv)
     try:
-        member = parse_member(args.member)
+        member = None if args.member is None else parse_member(args.member)
         if args.format not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got "
                              f"{args.format!r}")
         run = load_run(args.run_dir, "cpu", data_dir=args.data_dir)
+        if member is None:
+            member = run.method.student_branch(run.model.num_branches)
         report = export_run(run, member, args.format, args.out)
     except (ValueError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
             ExportError) as err:

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _model(path: Path, member: str | None, data_dir: str | None):
     """(function images -> (N, C) outputs, InputSpec, description) for a file or a run."""
     if path.is_dir():
-        member = "0" if member is None else member
         run = load_run(path, "cpu", data_dir=data_dir, load_data=False)
+        if member is None:  # the method's student: branch 0, OKDDip's leader
+            member = str(run.method.student_branch(run.model.num_branches))
         module = select(run.model, run.method, parse_member(member))
         return module, run.inputs, f"{'ensemble' if member == 'ensemble' else 'branch ' + member}" \
             f" of {path}"

@@ -48,8 +48,8 @@ def test_learns_evaluates_and_exports_its_student(tmp_path, capsys, method, m, s
     assert set(result["loss_terms"]) == {"loss", "ce_branches", "kl"}
 
     out = tmp_path / "student.pt2"
-    assert export_command.main([str(run_dir), "--member", str(student), "--out",
-                                str(out)]) == 0, capsys.readouterr().err
+    # No --member: the default is the method's student (OKDDip's leader is the last branch).
+    assert export_command.main([str(run_dir), "--out", str(out)]) == 0, capsys.readouterr().err
     loaded = load_run(run_dir)
     x = loaded.inputs.normalize(loaded.dataset.test_images[:16])
     with torch.no_grad():
