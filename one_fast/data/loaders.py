@@ -82,8 +82,9 @@ def build_loaders(dataset: str, batch_size: int, *, device: torch.device | str, 
         prefetch: ImageNet: batches DALI prepares ahead of the step. Ignored by in-memory
             datasets.
         dtype: ImageNet: the batches' floating dtype -- the step's (bfloat16 under bf16
-            autocast: the first convolution would cast to it anyway, and half the bytes cross
-            the hand-over). Ignored by in-memory datasets (uint8 on the device, augmented
+            autocast: the first convolution would cast to it anyway, and the step's static
+            input buffer is half the size; DALI still hands over float32, cast on the
+            device after the copy). Ignored by in-memory datasets (uint8 on the device, augmented
             there).
 
     Returns:
