@@ -293,7 +293,9 @@ def run_plan(stages: list[Stage], folder: Path, budget_s: float, log: Log) -> bo
             f"{' '.join(stage.argv)}")
         began = time.monotonic()
         rc, timed_out = run_stage(stage, limit, log, folder / f"{stage.slug}.log")
-        outcome = ("TIMED OUT" if timed_out else "ok" if rc in (0, 5) else "FAILED")
+        # pytest's 5 is "no tests collected": a pytest stage that found nothing says so.
+        outcome = ("TIMED OUT" if timed_out else "ok" if rc == 0
+                   else "ok (nothing collected)" if rc == 5 and stage.junit else "FAILED")
         record.update(outcome=outcome, exit=rc, seconds=round(time.monotonic() - began, 1))
         if stage.junit:
             record.update(junit_counts(folder / stage.junit))

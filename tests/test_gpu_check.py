@@ -82,6 +82,16 @@ def _stage(name, code, cap, **kw):
     return gpu_check.Stage(name, cap, (sys.executable, "-c", code), name, **kw)
 
 
+def test_a_pytest_stage_that_collects_nothing_says_so(tmp_path):
+    """pytest's exit 5 ("no tests collected") is not a plain "ok" for a pytest stage, and a
+    failure for any other command."""
+    stages = [_stage("empty", "import sys; sys.exit(5)", 5, junit="empty.xml"),
+              _stage("command", "import sys; sys.exit(5)", 5)]
+    gpu_check.run_plan(stages, tmp_path, budget_s=30, log=gpu_check.Log(tmp_path / "c.log"))
+    records = json.loads((tmp_path / "stages.json").read_text())
+    assert [r["outcome"] for r in records] == ["ok (nothing collected)", "FAILED"]
+
+
 def test_stages_stop_at_their_caps_and_record_as_they_go(tmp_path):
     slow = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
             "    print('interrupted')\n    raise SystemExit(2)")

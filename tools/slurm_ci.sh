@@ -100,11 +100,16 @@ start() {
 
 stop() {
     local name pid
+    # Jobs first: with proctrack/linuxproc a job's slurmstepd and trainer outlive slurmd.
+    if [ -s "$dir/slurmctld.pid" ]; then
+        SLURM_CONF="$conf" scancel --full --partition=debug 2>/dev/null || true
+    fi
     for name in "${daemons[@]}"; do
         if [ -s "$dir/$name.pid" ]; then
             pid="$(cat "$dir/$name.pid")"
             kill "$pid" 2>/dev/null || true
             for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+            kill -9 "$pid" 2>/dev/null || true  # never leave a daemon holding the ports
             rm -f "$dir/$name.pid"
         fi
     done
