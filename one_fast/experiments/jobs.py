@@ -73,6 +73,8 @@ class RunJob:
         tasks: processes of the run (> 1: DDP, one per GPU).
         launcher: "local" or "slurm".
         env: environment variables for the trainer (a GPU or CPU-thread share).
+        run: the run as :func:`.runner.plan_runs` planned it, when the caller has it (planning
+            the whole table again for each job is quadratic in the table's runs).
     """
 
     table: Table
@@ -82,9 +84,12 @@ class RunJob:
     tasks: int = 1
     launcher: str = "local"
     env: dict[str, str] = field(default_factory=dict)
+    run: PlannedRun | None = field(default=None, repr=False)
 
     def planned(self) -> PlannedRun:
-        """This job's run as the runner plans it."""
+        """This job's run as the runner plans it (given, or planned from the table)."""
+        if self.run is not None:
+            return self.run
         for run in plan_runs(self.table, self.options):
             if run.config.name == self.config and run.seed == self.seed:
                 return run
@@ -167,7 +172,7 @@ class RunJob:
 
 def table_jobs(table: Table, options: RunnerOptions, tasks: int, launcher: str) -> list[RunJob]:
     """Every run of ``table`` as a job of ``launcher`` with ``tasks`` processes per run."""
-    return [RunJob(table, options, run.config.name, run.seed, tasks, launcher)
+    return [RunJob(table, options, run.config.name, run.seed, tasks, launcher, run=run)
             for run in plan_runs(table, options)]
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..files import atomic_write
+from ..runs.provenance import PROVENANCE_NAME
 from ..runs.status import FAILED, FINISHED, MISSING, PARTIAL, STALE, RunState
 from .locks import holder_alive, lock_path, read_holder
 from .report import write_table
@@ -54,6 +55,20 @@ def read_launch(run_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def launch_failure(run_dir: Path) -> str | None:
+    """The error of the launcher's last attempt on ``run_dir`` when that attempt failed and
+    nothing has trained in the folder since (a later resume, by hand or by another runner,
+    rewrites run.json after it); else None."""
+    launch = read_launch(run_dir)
+    if launch.get("status") != FAILED:
+        return None
+    try:
+        retried = (run_dir / PROVENANCE_NAME).stat().st_mtime > float(launch.get("updated", 0))
+    except (OSError, TypeError, ValueError):
+        retried = False
+    return None if retried else str(launch.get("error", ""))
 
 
 def write_launch(run_dir: Path, record: dict) -> None:
@@ -103,9 +118,9 @@ def collect_result(table: Table, options: RunnerOptions) -> TableResult:
         if state.state in (FINISHED, STALE) or not state.readable:
             result.outcomes[key] = held_outcome(run, state)
             continue
-        launch = read_launch(run.run_dir)
-        if launch.get("status") == FAILED:
-            result.outcomes[key] = Outcome(FAILED, error=str(launch.get("error", "")))
+        failure = launch_failure(run.run_dir)
+        if failure is not None:
+            result.outcomes[key] = Outcome(FAILED, error=failure)
     return result
 
 
@@ -138,9 +153,9 @@ def run_status(run: PlannedRun, options: RunnerOptions, jobs: dict[str, str],
         return (QUEUED if live[job] == "PENDING" else RUNNING), f"Slurm job {job}"
     if holder is not None and holder_alive(holder, None if live is None else live.keys):
         return RUNNING, holder.describe()
-    launch = read_launch(run.run_dir)
-    if launch.get("status") == FAILED:
-        return FAILED, str(launch.get("error", ""))
+    failure = launch_failure(run.run_dir)
+    if failure is not None:
+        return FAILED, failure
     if state.state in (STALE, FAILED):
         return state.state, state.detail
     if state.state == PARTIAL or lock_path(run.run_dir).exists() or job:
@@ -168,5 +183,5 @@ def status_lines(table: Table, options: RunnerOptions) -> list[str]:
 
 
 __all__ = ["JOBS_NAME", "LAUNCH_NAME", "STATES", "collect_result", "folder_state",
-           "read_jobs", "read_launch", "record_jobs", "rewrite_table", "run_status",
-           "status_lines", "table_lock", "write_launch"]
+           "launch_failure", "read_jobs", "read_launch", "record_jobs", "rewrite_table",
+           "run_status", "status_lines", "table_lock", "write_launch"]

@@ -25,7 +25,7 @@ from one_fast.experiments.slurm import (
     slurm_message,
 )
 from one_fast.experiments.slurm_launcher import SlurmOptions
-from one_fast.experiments.status import status_lines, write_launch
+from one_fast.experiments.status import launch_failure, status_lines, write_launch
 
 from .digits_table import config, kd_student, tiny_options, tiny_table
 
@@ -173,6 +173,21 @@ def test_missing_submitit_or_sbatch_say_what_to_do(tmp_path, monkeypatch, capsys
                  "--out-dir", str(out)]) == 1
     assert "Slurm was not found (no sbatch on PATH)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_launcher_failure_counts_until_the_run_trains_again(tmp_path):
+    """launch.json's "failed" names the last launcher attempt; once anything trained in the
+    folder after it (run.json rewritten: a resume by hand or by the sequential runner), the
+    folder's own state is what counts."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_launch(run_dir, {"status": "failed", "error": "exit code 1: boom",
+                           "updated": time.time() - 60})
+    assert launch_failure(run_dir) == "exit code 1: boom"
+    (run_dir / "run.json").write_text("{}")  # written after the failed attempt
+    assert launch_failure(run_dir) is None
+    write_launch(run_dir, {"status": "failed", "error": "again", "updated": time.time() + 60})
+    assert launch_failure(run_dir) == "again"
 
 
 def test_status_reads_every_state_from_the_folders(tmp_path):
