@@ -55,8 +55,8 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-wait", action="store_true",
                        help="slurm: submit and exit; the jobs rewrite TABLE.md as they finish")
     group.add_argument("--status", action="store_true",
-                       help="print each run's state (queued, running, finished, failed, "
-                            "stale, missing) and the table so far; trains nothing")
+                       help="print each run's state (queued, running, finished, partial, "
+                            "failed, stale, missing) and the table so far; trains nothing")
 
 
 def uses_launcher(args: argparse.Namespace) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..files import atomic_write
 from ..runs.provenance import PROVENANCE_NAME
-from ..runs.status import FAILED, FINISHED, MISSING, PARTIAL, STALE, RunState
+from ..runs.status import FAILED, FINISHED, MISSING, PARTIAL, STALE
 from .locks import holder_alive, lock_path, read_holder
 from .report import write_table
 from .runner import (
@@ -39,13 +39,6 @@ INTERRUPTED = "interrupted"  # a launch.json status: stopped by a signal, resume
 # --status: finished, running, queued, partial (started, nobody training it: the next launch
 # resumes it), failed, stale (trained with other settings), missing (not started).
 STATES = (FINISHED, RUNNING, QUEUED, PARTIAL, FAILED, STALE, MISSING)
-
-
-def folder_state(run: PlannedRun) -> RunState:
-    """What the run's folder alone says against the plan
-    (:func:`one_fast.runs.status.classify_run`): the one place ``--status``, TABLE.md and the
-    launchers read a folder's state."""
-    return run_state(run)
 
 
 def read_launch(run_dir: Path) -> dict:
@@ -114,7 +107,7 @@ def collect_result(table: Table, options: RunnerOptions) -> TableResult:
     result = TableResult(table, runs)
     for run in runs:
         key = (run.config.name, run.seed)
-        state = folder_state(run)
+        state = run_state(run)  # the provenance classifier
         if state.state in (FINISHED, STALE) or not state.readable:
             result.outcomes[key] = held_outcome(run, state)
             continue
@@ -144,7 +137,7 @@ def run_status(run: PlannedRun, options: RunnerOptions, jobs: dict[str, str],
     Returns:
         (one of :data:`STATES`, detail).
     """
-    state = folder_state(run)
+    state = run_state(run)  # the provenance classifier
     if state.state == FINISHED:
         return FINISHED, ""
     holder = read_holder(run.run_dir)
@@ -182,6 +175,6 @@ def status_lines(table: Table, options: RunnerOptions) -> list[str]:
     return lines
 
 
-__all__ = ["JOBS_NAME", "LAUNCH_NAME", "STATES", "collect_result", "folder_state",
+__all__ = ["JOBS_NAME", "LAUNCH_NAME", "STATES", "collect_result",
            "launch_failure", "read_jobs", "read_launch", "record_jobs", "rewrite_table",
            "run_status", "status_lines", "table_lock", "write_launch"]
