@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -56,16 +57,49 @@ def _table_rows(table, options) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("| m")]
 
 
+def _node_cpus() -> int:
+    """CPUs of the cluster's (one) node."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True)
+    return min(int(n.rstrip("+")) for n in out.stdout.split())
+
+
 def _job_state(job_id: str) -> str:
     return (live_jobs() or {}).get(job_id, "GONE")
 
 
 def _start_now(job_id: str) -> None:
-    """Slurm holds a requeued batch job back for a while (its begin time); start it now."""
+    """Slurm holds a requeued batch job back for a while (its begin time); start it now.
+
+    Not in the second of the requeue: the node revoked the job's credential then, and refuses
+    ("Job credential revoked", the job ends with exit 1) a new credential whose creation second
+    is not later than the revocation's -- the hold Slurm itself gives a requeued job (the
+    credential lifetime, 120 s by default) is there to avoid exactly this.
+    """
     deadline = time.monotonic() + 120
     while _job_state(job_id) != "PENDING" and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(2)  # the revocation happened before the job showed PENDING
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+def _diagnosis(run, table, options) -> str:
+    """What a failed wait left behind: the run's state, launch record and logs' last lines."""
+    launch = run.run_dir / "launch.json"
+    logs = sorted((table_dir(table, options) / "slurm").glob("*/*_log.*"))
+    parts = [*status_lines(table, options),
+             launch.read_text() if launch.is_file() else "no launch.json"]
+    for path in [run.log_path, *logs]:
+        if path.is_file():
+            parts.append(f"--- {path.name}\n" + "\n".join(path.read_text().splitlines()[-8:]))
+    return "\n".join(parts)
+
+
+def _resumed_epoch(run) -> int:
+    """The epoch the run's one resume continued from, read from its log."""
+    found = re.findall(rf"resumed from {re.escape(str(run.run_dir))} after epoch (\d+)",
+                       run.log_path.read_text())
+    assert len(found) == 1, f"expected one resume in {run.log_path}, found {found}"
+    return int(found[0])
 
 
 def _wait_for_checkpoint(run, epoch: int = 1) -> int:
@@ -101,8 +135,8 @@ def test_array_table_equals_local_table_and_status_follows_it(tmp_path):
     ids = launch_slurm(table, options, CPU, say=lambda _: None)
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids.values()}) == 1  # one array
     queued = status_lines(table, options)
-    # 4 one-CPU jobs on a 2-CPU node: some wait in the queue.
-    assert any(line.startswith("queued ") for line in queued), queued
+    if _node_cpus() < 4:  # 4 one-CPU jobs on fewer CPUs: some wait in the queue
+        assert any(line.startswith("queued ") for line in queued), queued
     assert all(line.split()[0] in ("queued", "running", "finished") for line in queued[:4])
     assert wait_for_jobs(ids, table, options, poll_s=1, say=lambda _: None) == 0
     after = status_lines(table, options)
@@ -131,11 +165,13 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint_exactly(
     saved = _wait_for_checkpoint(run)
     subprocess.run([*interrupt, job_id], check=True)
     _start_now(job_id)
-    assert wait_for_jobs({"run": job_id}, table, options, poll_s=1, say=lambda _: None) == 0
-    assert saved < 4, "the run finished before it could be interrupted"
+    assert wait_for_jobs({"run": job_id}, table, options, poll_s=1, say=lambda _: None) == 0, \
+        _diagnosis(run, table, options)
     launch = json.loads((run.run_dir / "launch.json").read_text())
     assert launch["requeues"] == 1 and launch["status"] == "finished"
-    assert f"resumed from {run.run_dir} after epoch {saved}" in run.log_path.read_text()
+    # The signal may land an epoch or two after the checkpoint seen above, never before it.
+    resumed = _resumed_epoch(run)
+    assert saved <= resumed < 4, f"checkpoint of epoch {saved} seen, resumed after {resumed}"
     _same_training(read_metrics(run.run_dir)[-1], _uninterrupted(run, tmp_path / "straight"))
 
 
