@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import ClassVar
 
 import torch
 
 from ..loss import cl_ilr_loss
+from ..models.factory import LAYOUT_SHARING
 from .base import Method, MethodLoss, Outputs
 
 
@@ -32,7 +32,7 @@ class CLILRMethod(Method):
     has_ensemble = True
     min_branches = 2
     layout = "cl_ilr"
-    required_model = MappingProxyType({"shared_stages": 1, "share_stem": True, "gate": False})
+    required_model = LAYOUT_SHARING[layout]
 
     def __init__(self, temperature: float = 2.0) -> None:
         self.temperature = temperature

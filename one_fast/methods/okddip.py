@@ -3,13 +3,13 @@ mean (Chen et al. 2020)."""
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..loss import okddip_loss
+from ..models.factory import LAYOUT_SHARING
 from .base import Method, MethodLoss, Outputs
 
 
@@ -36,7 +36,7 @@ class OKDDipMethod(Method):
     has_ensemble = True
     min_branches = 2
     layout = "okddip"
-    required_model = MappingProxyType({"shared_stages": 2, "share_stem": True, "gate": False})
+    required_model = LAYOUT_SHARING[layout]
 
     def __init__(self, temperature: float = 3.0, distill: bool = True) -> None:
         self.temperature = temperature

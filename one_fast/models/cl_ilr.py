@@ -13,13 +13,16 @@ stage 3 as one over the m branches, fed by repeating each pair's channels for it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .blocks import Stem
 from .branched import BranchedBatchNorm2d, BranchedLinear
-from .network import BranchedNetwork, check_bool, check_positive_int
+from .network import BranchedNetwork, check_bool, check_fixed_sharing, check_positive_int
 from .resnet import STAGE_STRIDES, STAGE_WIDTHS, blocks_per_stage, residual_stage
 
 
@@ -79,6 +82,10 @@ class CLILRResNet(BranchedNetwork):
         ``(logits (N, m, num_classes), gate (N, m) = 1/m)``.
     """
 
+    # The sharing this layout is (the factory builds with it; methods require it).
+    FIXED_SHARING: ClassVar[Mapping[str, object]] = MappingProxyType(
+        {"shared_stages": 1, "gate": False, "share_stem": True})
+
     def __init__(self, depth: int = 32, num_classes: int = 100, num_branches: int = 4,
                  block: str = "basic", shared_stages: int = 1, gate: bool = False,
                  batched: bool = True, share_stem: bool = True) -> None:
@@ -86,11 +93,9 @@ class CLILRResNet(BranchedNetwork):
         check_positive_int("num_classes", num_classes)
         m = check_positive_int("num_branches", num_branches)
         check_bool("gate", gate)
-        if shared_stages != 1 or gate or share_stem is not True:
-            raise ValueError(f"the CL-ILR tree shares the stem and stage 1 and has no gate: it "
-                             f"needs shared_stages=1, gate=False, share_stem=True, got "
-                             f"shared_stages={shared_stages!r}, gate={gate!r}, "
-                             f"share_stem={share_stem!r}")
+        check_fixed_sharing("the CL-ILR tree shares the stem and stage 1 and has no gate",
+                            self.FIXED_SHARING, shared_stages=shared_stages, gate=gate,
+                            share_stem=share_stem)
         n = blocks_per_stage(depth, block)
         stages = [residual_stage(block, width, stride, n)
                   for width, stride in zip(STAGE_WIDTHS, STAGE_STRIDES, strict=True)]

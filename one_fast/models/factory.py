@@ -95,8 +95,8 @@ LAYOUTS: Mapping[str, Mapping[str, Callable[..., BranchedNetwork]]] = MappingPro
 # The sharing each layout fixes (the defaults it builds with; other values are refused).
 LAYOUT_SHARING: Mapping[str, Mapping[str, object]] = MappingProxyType({
     "one": MappingProxyType({}),
-    "cl_ilr": MappingProxyType({"shared_stages": 1, "gate": False, "share_stem": True}),
-    "okddip": MappingProxyType({"shared_stages": 2, "gate": False, "share_stem": True}),
+    "cl_ilr": CLILRResNet.FIXED_SHARING,
+    "okddip": OKDDipResNet.FIXED_SHARING,
 })
 
 

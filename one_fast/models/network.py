@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,26 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def check_fixed_sharing(network: str, fixed: Mapping[str, object], **given: object) -> None:
+    """Refuse sharing settings other than the ones a branch layout fixes.
+
+    Args:
+        network: what the layout is, for the message (e.g. "the CL-ILR tree shares the stem and
+            stage 1 and has no gate").
+        fixed: the layout's settings, e.g. ``{"shared_stages": 1, "gate": False, ...}``.
+        given: the settings the caller passed, by the same names.
+
+    Raises:
+        ValueError: a given setting differs from the fixed one (the message names all).
+    """
+    if all(type(given[name]) is type(value) and given[name] == value  # True is not 1 here
+           for name, value in fixed.items()):
+        return
+    wanted = ", ".join(f"{name}={value!r}" for name, value in fixed.items())
+    got = ", ".join(f"{name}={given[name]!r}" for name in fixed)
+    raise ValueError(f"{network}: it needs {wanted}, got {got}")
 
 
 class BranchedNetwork(nn.Module):

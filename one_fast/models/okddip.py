@@ -9,10 +9,15 @@ linear maps (D -> D/8) that every peer shares.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .network import check_fixed_sharing
 from .resnet import ONEResNet
 
 # The query/key width is the feature width divided by this (that code's D // 8).
@@ -38,14 +43,16 @@ class OKDDipResNet(ONEResNet):
         share_stem: must be True.
     """
 
+    # The sharing this layout is (the factory builds with it; methods require it).
+    FIXED_SHARING: ClassVar[Mapping[str, object]] = MappingProxyType(
+        {"shared_stages": 2, "gate": False, "share_stem": True})
+
     def __init__(self, depth: int = 32, num_classes: int = 100, num_branches: int = 4,
                  block: str = "basic", shared_stages: int = 2, gate: bool = False,
                  batched: bool = True, share_stem: bool = True) -> None:
-        if shared_stages != 2 or gate is not False or share_stem is not True:
-            raise ValueError(f"the OKDDip network shares stem and stages 1-2 and has no gate: "
-                             f"it needs shared_stages=2, gate=False, share_stem=True, got "
-                             f"shared_stages={shared_stages!r}, gate={gate!r}, "
-                             f"share_stem={share_stem!r}")
+        check_fixed_sharing("the OKDDip network shares stem and stages 1-2 and has no gate",
+                            self.FIXED_SHARING, shared_stages=shared_stages, gate=gate,
+                            share_stem=share_stem)
         super().__init__(depth=depth, num_classes=num_classes, num_branches=num_branches,
                          block=block, shared_stages=2, gate=False, batched=batched)
         width = self.classifier.weight.shape[2]
