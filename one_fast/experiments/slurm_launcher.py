@@ -28,7 +28,6 @@ from .slurm import (
 from .status import (
     QUEUED,
     RUNNING,
-    collect_result,
     read_jobs,
     record_jobs,
     rewrite_table,
@@ -242,8 +241,7 @@ def wait_for_jobs(ids: dict[str, str], table: Table, options: RunnerOptions,
         for job_id in sorted(gone):
             say(f"Slurm job {job_id} ended")
         pending -= gone
-    rewrite_table(table, options)
-    result = collect_result(table, options)
+    result = rewrite_table(table, options)
     return sum(result.outcome(r).status != FINISHED for r in result.runs)
 
 

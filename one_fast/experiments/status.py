@@ -117,11 +117,14 @@ def collect_result(table: Table, options: RunnerOptions) -> TableResult:
     return result
 
 
-def rewrite_table(table: Table, options: RunnerOptions) -> Path:
-    """Rewrite ``TABLE.md`` from the run folders, serialised with every other writer."""
+def rewrite_table(table: Table, options: RunnerOptions) -> TableResult:
+    """Rewrite ``TABLE.md`` from the run folders, serialised with every other writer; the
+    table as written."""
     folder = table_dir(table, options)
     with table_lock(folder):
-        return write_table(collect_result(table, options), options, folder / "TABLE.md")
+        result = collect_result(table, options)
+        write_table(result, options, folder / "TABLE.md")
+    return result
 
 
 def run_status(run: PlannedRun, options: RunnerOptions, jobs: dict[str, str],
